@@ -1,0 +1,198 @@
+"""The command line: parse, call the core, print. Heavy imports happen inside the commands."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from . import __version__
+
+app = typer.Typer(
+    name="bgremove",
+    help="Remove the background behind people in photos; train and evaluate the model yourself.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """One clear line on stderr, no traceback."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _need_tensorflow(command: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("keras") is None:
+        fail(f"`bgremove {command}` needs TensorFlow: pip install 'bgremove[train]'")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"bgremove {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = None,
+) -> None:
+    """bgremove: cut people out of photos."""
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="Data folder: AISegment, images/+masks/, or with manifest.csv.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Run folder (checkpoints, history, curve, model).")] = Path(
+        "runs/bgremove"
+    ),
+    layout: Annotated[str, typer.Option(help="auto, aisegment, manifest or folders.")] = "auto",
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    size: Annotated[int, typer.Option(help="Square input size (multiple of 32).")] = 256,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    encoder: Annotated[str, typer.Option(help="mobilenetv2 or classic.")] = "mobilenetv2",
+    encoder_weights: Annotated[
+        str, typer.Option(help="imagenet, none, or a .weights.h5 path (mobilenetv2 encoder).")
+    ] = "imagenet",
+    base_filters: Annotated[int, typer.Option(help="Classic U-Net: filters of the first level.")] = 16,
+    depth: Annotated[int, typer.Option(help="Classic U-Net: number of down-sampling levels.")] = 4,
+    val_split: Annotated[float, typer.Option(help="Fraction of groups held out for validation.")] = 0.1,
+    seed: Annotated[int, typer.Option()] = 0,
+    dice_weight: Annotated[float, typer.Option(help="Weight of the Dice term added to BCE (0 = BCE only).")] = 1.0,
+    patience: Annotated[int, typer.Option(help="Early stopping: epochs without val IoU gain.")] = 8,
+    strategy: Annotated[str, typer.Option(help="default, mirrored (all local GPUs) or multiworker (TF_CONFIG).")] = "default",
+    cache: Annotated[str, typer.Option(help="auto, memory or stream.")] = "auto",
+    limit: Annotated[int, typer.Option(help="Use at most N training pairs (0 = all).")] = 0,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder.")] = None,
+) -> None:
+    """Train the U-Net on image/mask pairs."""
+    _need_tensorflow("train")
+    from .data import DataError
+    from .training import TrainConfig, TrainingError
+    from .training import train as run_training
+
+    cfg = TrainConfig(
+        data=str(data), out=str(resume or out_dir), layout=layout, epochs=epochs, batch_size=batch_size, size=size,
+        lr=lr, encoder=encoder, encoder_weights=encoder_weights, base_filters=base_filters, depth=depth,
+        val_split=val_split, seed=seed, dice_weight=dice_weight, patience=patience, strategy=strategy, cache=cache,
+        limit=limit,
+    )
+    try:
+        result = run_training(cfg, report=lambda line: out.print(line, highlight=False), resume=resume is not None)
+    except (DataError, TrainingError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    best = result.best
+    if result.status == "interrupted":
+        out.print(f"interrupted after {result.epochs_done} epoch(s); continue with: bgremove train --data {data} --resume {result.run_dir}")
+        raise typer.Exit(130)
+    if result.status == "nan":
+        fail(f"the loss became NaN; the last good checkpoint is in {result.run_dir / 'checkpoints'} (try a lower --lr)", 1)
+    out.print(
+        f"{result.status}: {result.epochs_done} epoch(s), best epoch {best.get('epoch', '-')} "
+        f"(val_iou {best.get('val_iou', float('nan')):.4f}); model: {result.run_dir / 'model.tflite'}"
+    )
+
+
+@app.command()
+def cut(
+    inputs: Annotated[list[str], typer.Argument(help="Photos, folders (recursive) or glob patterns.", show_default=False)],
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Output folder (mirrors the input tree). Default: beside each photo as NAME.cutout.png.")
+    ] = None,
+    model: Annotated[Optional[Path], typer.Option(help="A .tflite or .keras model (default: the shipped model).")] = None,
+    threshold: Annotated[
+        Optional[float], typer.Option(min=0.0, max=1.0, help="Hard mask at this alpha; default keeps the soft alpha.")
+    ] = None,
+    size: Annotated[Optional[int], typer.Option(help="Model input size, for models whose size is not fixed.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Redo outputs that exist.")] = False,
+    skip_existing: Annotated[
+        Optional[bool], typer.Option("--skip-existing/--no-skip-existing", help="Skip outputs that exist [default: for folders].", show_default=False)
+    ] = None,
+    png_compression: Annotated[int, typer.Option(min=0, max=9, help="PNG compression: 0 fastest/biggest, 9 smallest.")] = 1,
+    max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels than this.")] = 150_000_000,
+    threads: Annotated[Optional[int], typer.Option(help="Model threads (default: all cores).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Threads that decode and encode images.")] = 2,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 4,
+    device: Annotated[str, typer.Option(help="auto, cpu or gpu (gpu needs a .keras model and TensorFlow).")] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors and the summary.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Cut people out of photos into RGBA PNGs."""
+    from .batch import Result, RunOptions, plan, run
+    from .pipeline import Remover
+    from .runtime import ModelError
+
+    if output is not None:
+        if output.exists() and not output.is_dir():
+            fail(f"{output}: exists and is not a folder")
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            fail(f"{output}: cannot create output folder ({exc.strerror})")
+    the_plan = plan(inputs, output)
+    for item, reason in the_plan.errors:
+        err.print(f"[red]error:[/] {item}: {reason}", highlight=False, soft_wrap=True)
+    if not the_plan.jobs:
+        fail("no images to cut" + (" (see the errors above)" if the_plan.errors else ""))
+    try:
+        remover = Remover(model, threshold=threshold, size=size, threads=threads, device=device, max_pixels=max_pixels)
+    except ModelError as exc:
+        fail(str(exc))
+    opts = RunOptions(png_compression=png_compression, overwrite=overwrite, skip_existing=skip_existing,
+                      batch_size=batch_size, workers=workers)
+
+    live = sys.stderr.isatty() and not quiet
+
+    def report(result: Result) -> None:
+        if result.status == "failed":
+            err.print(f"[red]failed:[/] {result.job.src}: {result.message}", highlight=False, soft_wrap=True)
+        elif not quiet and not live:
+            extra = f" ({result.message})" if result.message else ""
+            out.print(f"{result.status}: {result.job.src} -> {result.job.dst}{extra}", highlight=False, soft_wrap=True)
+
+    try:
+        if live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            columns = [TextColumn("cutting"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[rate]}"), TimeRemainingColumn()]
+            with Progress(*columns, console=err, transient=False) as progress:
+                task = progress.add_task("cut", total=len(the_plan.jobs), rate="")
+
+                def on_result(result: Result) -> None:
+                    report(result)
+                    progress.advance(task)
+                    speed = progress.tasks[0].speed
+                    progress.update(task, rate=f"{speed:.1f} img/s" if speed else "")
+
+                summary = run(the_plan.jobs, remover, opts, on_result)
+        else:
+            summary = run(the_plan.jobs, remover, opts, report)
+    except Exception as exc:  # noqa: BLE001 - a bug should still end in one line unless --debug
+        if debug:
+            raise
+        fail(f"unexpected error: {type(exc).__name__}: {exc} (rerun with --debug for details)", 1)
+    failed = summary.failed + len(the_plan.errors)
+    line = f"{summary.written} written, {summary.skipped} skipped, {failed} failed"
+    if summary.interrupted:
+        line += " (interrupted)"
+    (err if failed else out).print(line, highlight=False)
+    if summary.interrupted:
+        raise typer.Exit(130)
+    if failed:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,201 @@
+"""The U-Net: an encoder (contracting path), a decoder (expansive path) and skip connections.
+
+Two encoders share one decoder recipe:
+
+* ``classic`` — the convolutional U-Net of Ronneberger et al. (2015), with configurable width and depth;
+  small, trains from scratch, good for tests and tiny data sets.
+* ``mobilenetv2`` — Keras' MobileNetV2 (alpha 0.35) as the encoder, optionally started from ImageNet
+  weights; the decoder taps the standard expansion layers at 1/2 … 1/16 of the input resolution.
+
+Every model takes RGB in [0, 255] (float) and returns a sigmoid alpha at the input resolution, so the
+runtime feeds the same tensor to a ``.keras`` and a ``.tflite`` model and never needs to know the
+encoder's normalisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import keras
+from keras import layers
+
+ENCODERS = ("mobilenetv2", "classic")
+
+# MobileNetV2 layers whose outputs feed the decoder, finest first (1/2, 1/4, 1/8, 1/16), and the bottleneck (1/32).
+MOBILENET_SKIPS = ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu")
+MOBILENET_BOTTLENECK = "block_16_project"
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "mobilenetv2"
+    size: int = 256
+    # MobileNetV2 width multiplier; the shipped ImageNet weights are for 0.35.
+    alpha: float = 0.35
+    # Decoder widths from the coarsest level (1/16) to the finest (1/1).
+    decoder_filters: tuple[int, ...] = (96, 64, 48, 32, 16)
+    # Classic U-Net: filters of the first level (doubled at each level) and number of poolings.
+    base_filters: int = 16
+    depth: int = 4
+    encoder_weights: str = "none"  # "imagenet", "none" or a path to a .weights.h5 file
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if "decoder_filters" in known:
+            known["decoder_filters"] = tuple(known["decoder_filters"])
+        return cls(**known)
+
+
+def _conv_block(x, filters: int, name: str, separable: bool = False):
+    """Two 3x3 conv + batch norm + ReLU, the U-Net's basic unit."""
+    conv = layers.SeparableConv2D if separable else layers.Conv2D
+    for i in (1, 2):
+        x = conv(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
+        x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        x = layers.ReLU(name=f"{name}_relu{i}")(x)
+    return x
+
+
+def _up_block(x, skip, filters: int, name: str, separable: bool):
+    """Upsample x2, concatenate the skip from the encoder, refine."""
+    x = layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_up")(x)
+    if skip is not None:
+        x = layers.Concatenate(name=f"{name}_concat")([x, skip])
+    return _conv_block(x, filters, name, separable=separable)
+
+
+def resolve_encoder_weights(spec: str) -> str | None:
+    """Map ``--encoder-weights`` to a weights file (Keras' own download is unavailable offline)."""
+    if spec in ("none", "", None):
+        return None
+    if spec == "imagenet":
+        from .paths import find_pretrained_encoder
+
+        path = find_pretrained_encoder()
+        if path is None:
+            raise FileNotFoundError(
+                "ImageNet encoder weights not found: pass --encoder-weights PATH to "
+                "mobilenet_v2_0.35_no_top.weights.h5 or set BGREMOVE_PRETRAINED"
+            )
+        return str(path)
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"{spec}: encoder weights file not found")
+    return str(path)
+
+
+def _mobilenet_unet(cfg: ModelConfig, inputs):
+    x = layers.Rescaling(1 / 127.5, offset=-1, name="mobilenet_preprocess")(inputs)
+    weights = resolve_encoder_weights(cfg.encoder_weights)
+    encoder = keras.applications.MobileNetV2(
+        input_tensor=x, include_top=False, alpha=cfg.alpha, weights=None
+    )
+    if weights is not None:
+        # Load into a stand-alone copy and transfer by layer name: the weights file holds the plain encoder.
+        ref = keras.applications.MobileNetV2(
+            input_shape=(None, None, 3), include_top=False, alpha=cfg.alpha, weights=weights
+        )
+        for layer in ref.layers:
+            if layer.weights:
+                encoder.get_layer(layer.name).set_weights(layer.get_weights())
+    skips = [encoder.get_layer(name).output for name in MOBILENET_SKIPS]
+    x = encoder.get_layer(MOBILENET_BOTTLENECK).output
+    for i, (skip, filters) in enumerate(zip(reversed(skips), cfg.decoder_filters)):
+        x = _up_block(x, skip, filters, f"dec{i}", separable=True)
+    # Last level at full resolution: the RGB input itself is the skip, so edges can follow the photo.
+    rgb = layers.Rescaling(1 / 255.0, name="rgb_skip")(inputs)
+    return _up_block(x, rgb, cfg.decoder_filters[-1], "dec_full", separable=True)
+
+
+def _classic_unet(cfg: ModelConfig, inputs):
+    x = layers.Rescaling(1 / 255.0, name="scale")(inputs)
+    skips = []
+    for level in range(cfg.depth):
+        x = _conv_block(x, cfg.base_filters * 2**level, f"enc{level}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"pool{level}")(x)
+    x = _conv_block(x, cfg.base_filters * 2**cfg.depth, "bottleneck")
+    for level in reversed(range(cfg.depth)):
+        x = _up_block(x, skips[level], cfg.base_filters * 2**level, f"dec{level}", separable=False)
+    return x
+
+
+def build_unet(cfg: ModelConfig) -> keras.Model:
+    """Build the U-Net for ``cfg``; input (size, size, 3) RGB in [0, 255], output (size, size, 1) alpha."""
+    if cfg.encoder not in ENCODERS:
+        raise ValueError(f"unknown encoder {cfg.encoder!r}; choose one of {', '.join(ENCODERS)}")
+    multiple = 32 if cfg.encoder == "mobilenetv2" else 2**cfg.depth
+    if cfg.size % multiple:
+        raise ValueError(f"--size must be a multiple of {multiple} for the {cfg.encoder} encoder")
+    inputs = keras.Input((cfg.size, cfg.size, 3), name="image")
+    x = _mobilenet_unet(cfg, inputs) if cfg.encoder == "mobilenetv2" else _classic_unet(cfg, inputs)
+    alpha = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="alpha")(x)
+    return keras.Model(inputs, alpha, name=f"bgremove_unet_{cfg.encoder}")
+
+
+# ---------------------------------------------------------------- loss and metrics
+
+
+@keras.saving.register_keras_serializable(package="bgremove")
+def dice_loss(y_true, y_pred, smooth: float = 1.0):
+    """Soft Dice per image; balances the loss when the person covers only a few percent of the frame."""
+    axes = (1, 2, 3)
+    inter = keras.ops.sum(y_true * y_pred, axis=axes)
+    total = keras.ops.sum(y_true, axis=axes) + keras.ops.sum(y_pred, axis=axes)
+    return 1.0 - (2.0 * inter + smooth) / (total + smooth)
+
+
+@keras.saving.register_keras_serializable(package="bgremove")
+class SegmentationLoss(keras.losses.Loss):
+    """Binary cross-entropy (the seed's loss) plus an optional weighted Dice term."""
+
+    def __init__(self, dice_weight: float = 1.0, name: str = "bce_dice", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.dice_weight = dice_weight
+
+    def call(self, y_true, y_pred):
+        bce = keras.ops.mean(keras.losses.binary_crossentropy(y_true, y_pred), axis=(1, 2))
+        if not self.dice_weight:
+            return bce
+        return bce + self.dice_weight * dice_loss(y_true, y_pred)
+
+    def get_config(self):
+        return {**super().get_config(), "dice_weight": self.dice_weight}
+
+
+def segmentation_metrics() -> list:
+    return [
+        keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.5),
+        keras.metrics.BinaryIoU(target_class_ids=[1], threshold=0.5, name="iou"),
+    ]
+
+
+# ---------------------------------------------------------------- export
+
+
+def export_tflite(model: keras.Model, path: Path, float16: bool = False) -> Path:
+    """Convert to a LiteRT flatbuffer with a fixed batch of 1 (what ``cut`` feeds it)."""
+    import tensorflow as tf
+
+    if None in model.input_shape[1:3]:
+        raise ValueError("export needs a model with a fixed input size")
+    # from_keras_model keeps the Keras 3 variables (a hand-made concrete function loses them).
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if float16:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the converter prints every captured variable
+        data = converter.convert()
+    path = Path(path)
+    from .fileio import atomic_write_bytes
+
+    atomic_write_bytes(path, data)
+    return path

@@ -1,0 +1,130 @@
+"""Model runtimes: one small interface over a LiteRT ``.tflite`` model and a Keras ``.keras`` model.
+
+Both take a batch of RGB images in [0, 255] at the model's size and return alphas in [0, 1]. LiteRT is
+the default for the shipped model because it starts in milliseconds; TensorFlow is imported only when a
+``.keras`` model is asked for.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .paths import default_model_path
+
+DEVICES = ("auto", "cpu", "gpu")
+
+
+class ModelError(Exception):
+    """A model file that cannot be used; the message is one line naming the file and the reason."""
+
+
+class Runtime(Protocol):
+    path: Path
+    size: tuple[int, int]  # (height, width) the model expects
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) float32 RGB in [0, 255] -> (N, H, W) float32 alpha in [0, 1]."""
+        ...
+
+
+def _check_shapes(path: Path, inp: tuple, outp: tuple) -> None:
+    if len(inp) != 4 or inp[-1] != 3:
+        raise ModelError(f"{path}: expects input {tuple(inp)}, not an RGB image model (N, H, W, 3)")
+    if len(outp) not in (3, 4) or (len(outp) == 4 and outp[-1] != 1):
+        raise ModelError(f"{path}: gives output {tuple(outp)}, not a one-channel alpha (N, H, W, 1)")
+
+
+class LiteRTRuntime:
+    def __init__(self, path: Path, threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = path
+        try:
+            self.interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"{path}: not a valid LiteRT model ({str(exc).splitlines()[0][:120]})") from None
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        _check_shapes(path, tuple(self.input["shape"]), tuple(self.output["shape"]))
+        if self.input["dtype"] != np.float32:
+            raise ModelError(f"{path}: input type {self.input['dtype'].__name__} is not supported (float32 needed)")
+        self.size = (int(self.input["shape"][1]), int(self.input["shape"][2]))
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        out = []
+        for image in batch:  # the exported model has a batch of one; XNNPACK threads within each call
+            self.interpreter.set_tensor(self.input["index"], image[np.newaxis].astype(np.float32, copy=False))
+            self.interpreter.invoke()
+            out.append(self.interpreter.get_tensor(self.output["index"]).reshape(self.size))
+        return np.stack(out)
+
+
+class KerasRuntime:
+    def __init__(self, path: Path, size: int | None = None, device: str = "auto"):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        try:
+            import keras
+            import tensorflow as tf
+        except ImportError:
+            raise ModelError(f"{path}: .keras models need TensorFlow: pip install 'bgremove[train]'") from None
+        from . import model as _registered  # noqa: F401 - registers the custom loss for loading
+
+        if device == "gpu" and not tf.config.list_physical_devices("GPU"):
+            raise ModelError("--device gpu: TensorFlow sees no GPU on this machine")
+        self.device = "/GPU:0" if device == "gpu" else ("/CPU:0" if device == "cpu" else None)
+        self.path = path
+        try:
+            self.model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
+            raise ModelError(f"{path}: cannot load Keras model ({str(exc).splitlines()[0][:120]})") from None
+        inp, outp = tuple(self.model.input_shape), tuple(self.model.output_shape)
+        _check_shapes(path, inp, outp)
+        fixed = inp[1:3]
+        if None in fixed:
+            self.size = (size or 256, size or 256)
+        else:
+            if size and (size, size) != tuple(fixed):
+                raise ModelError(f"{path}: input size is fixed at {fixed[1]}x{fixed[0]}; --size {size} is not possible")
+            self.size = (int(fixed[0]), int(fixed[1]))
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        import tensorflow as tf
+
+        if self.device:
+            with tf.device(self.device):
+                out = self.model(batch, training=False)
+        else:
+            out = self.model(batch, training=False)
+        return np.asarray(out, dtype=np.float32).reshape(len(batch), *self.size)
+
+
+def load_runtime(
+    path: Path | str | None = None, size: int | None = None, threads: int | None = None, device: str = "auto"
+) -> Runtime:
+    """Open a model file (default: the shipped model) with the runtime its format needs."""
+    path = Path(path) if path else default_model_path()
+    if device not in DEVICES:
+        raise ModelError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if not path.exists():
+        hint = " (the package was installed without its weights)" if path == default_model_path() else ""
+        raise ModelError(f"{path}: model file not found{hint}")
+    if path.is_dir():
+        raise ModelError(f"{path}: is a folder, not a model file")
+    suffix = path.suffix.lower()
+    if suffix == ".tflite":
+        if device == "gpu":
+            raise ModelError(f"{path}: --device gpu needs a .keras model (LiteRT runs on the CPU here)")
+        runtime = LiteRTRuntime(path, threads)
+        if size and (size, size) != runtime.size:
+            raise ModelError(
+                f"{path}: input size is fixed at {runtime.size[1]}x{runtime.size[0]}; --size {size} is not possible"
+            )
+        return runtime
+    if suffix == ".keras":
+        return KerasRuntime(path, size, device)
+    raise ModelError(f"{path}: unsupported model format {suffix or '(none)'}; use a .tflite or .keras file")

@@ -1,0 +1,107 @@
+"""tf.data input pipelines for training: cached or streamed pairs, augmentation, batching, prefetch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from .data import Sample, SampleError, load_resized
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclass
+class AugmentConfig:
+    """Random changes applied to training pairs; each one is a photo a user could plausibly send."""
+
+    flip: bool = True
+    # Side of the random crop box relative to the image; > 1 zooms out (people smaller, more background).
+    scale: tuple[float, float] = (0.6, 1.15)
+    full_view_prob: float = 0.35  # keep the whole frame unchanged: what inference sees
+    brightness: float = 0.15
+    contrast: tuple[float, float] = (0.7, 1.3)
+    saturation: tuple[float, float] = (0.6, 1.4)
+    hue: float = 0.04
+    grayscale_prob: float = 0.08
+    noise_std: float = 0.03
+
+
+def _random_box(aug: AugmentConfig) -> tf.Tensor:
+    side = tf.random.uniform([], *aug.scale)
+    aspect = tf.exp(tf.random.uniform([], -0.15, 0.15))
+    h, w = side * aspect, side / aspect
+    y0 = tf.random.uniform([], tf.minimum(0.0, 1.0 - h), tf.maximum(0.0, 1.0 - h))
+    x0 = tf.random.uniform([], tf.minimum(0.0, 1.0 - w), tf.maximum(0.0, 1.0 - w))
+    box = tf.stack([y0, x0, y0 + h, x0 + w])
+    full = tf.constant([0.0, 0.0, 1.0, 1.0])
+    return tf.where(tf.random.uniform([]) < aug.full_view_prob, full, box)
+
+
+def augment(image: tf.Tensor, mask: tf.Tensor, size: int, aug: AugmentConfig):
+    """image (H, W, 3) float in [0, 1], mask (H, W, 1) float in [0, 1] -> the same at (size, size)."""
+    both = tf.concat([image, mask], axis=-1)[tf.newaxis]
+    both = tf.image.crop_and_resize(both, _random_box(aug)[tf.newaxis], [0], [size, size])[0]
+    if aug.flip:
+        both = tf.image.random_flip_left_right(both)
+    image, mask = both[..., :3], both[..., 3:]
+    image = tf.image.random_brightness(image, aug.brightness)
+    image = tf.image.random_contrast(image, *aug.contrast)
+    image = tf.image.random_saturation(image, *aug.saturation)
+    image = tf.image.random_hue(image, aug.hue)
+    gray = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(image))
+    image = tf.where(tf.random.uniform([]) < aug.grayscale_prob, gray, image)
+    image = image + tf.random.normal(tf.shape(image), stddev=tf.random.uniform([], 0, aug.noise_std))
+    return tf.clip_by_value(image, 0.0, 1.0), tf.clip_by_value(mask, 0.0, 1.0)
+
+
+def _to_model(image, mask, size: int):
+    image = tf.image.resize(image, [size, size], antialias=True)
+    mask = tf.image.resize(mask, [size, size], antialias=True)
+    return image * 255.0, tf.clip_by_value(mask, 0.0, 1.0)
+
+
+def _from_uint8(image, mask):
+    return tf.cast(image, tf.float32) / 255.0, tf.cast(mask, tf.float32)[..., tf.newaxis] / 255.0
+
+
+def from_arrays(images: np.ndarray, masks: np.ndarray) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices((images, masks)).map(_from_uint8, num_parallel_calls=AUTOTUNE)
+
+
+def from_files(samples: list[Sample], load_size: int, on_error=None) -> tf.data.Dataset:
+    """Stream pairs from disk (for sets too large to cache); bad pairs are dropped and passed to on_error."""
+    def load(index):
+        sample = samples[int(index)]
+        try:
+            image, mask = load_resized(sample, load_size)
+            return image, mask, True
+        except (SampleError, Exception) as err:  # noqa: BLE001
+            if on_error is not None:
+                on_error(sample.image, str(err))
+            return np.zeros((load_size, load_size, 3), np.uint8), np.zeros((load_size, load_size), np.uint8), False
+
+    def py_load(index):
+        image, mask, ok = tf.numpy_function(load, [index], [tf.uint8, tf.uint8, tf.bool])
+        image.set_shape([load_size, load_size, 3])
+        mask.set_shape([load_size, load_size])
+        return image, mask, ok
+
+    ds = tf.data.Dataset.range(len(samples)).map(py_load, num_parallel_calls=AUTOTUNE)
+    ds = ds.filter(lambda image, mask, ok: ok).map(lambda image, mask, ok: (image, mask))
+    return ds.map(_from_uint8, num_parallel_calls=AUTOTUNE)
+
+
+def training_pipeline(
+    ds: tf.data.Dataset, size: int, batch_size: int, aug: AugmentConfig, seed: int, shuffle: int
+) -> tf.data.Dataset:
+    ds = ds.shuffle(shuffle, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(lambda i, m: augment(i, m, size, aug), num_parallel_calls=AUTOTUNE)
+    ds = ds.map(lambda i, m: (i * 255.0, m), num_parallel_calls=AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=False).prefetch(AUTOTUNE)
+
+
+def validation_pipeline(ds: tf.data.Dataset, size: int, batch_size: int) -> tf.data.Dataset:
+    ds = ds.map(lambda i, m: _to_model(i, m, size), num_parallel_calls=AUTOTUNE)
+    return ds.batch(batch_size).prefetch(AUTOTUNE)

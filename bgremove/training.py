@@ -1,0 +1,313 @@
+"""``bgremove train``: fit the U-Net on labelled pairs, with checkpoints, resume and a learning curve.
+
+A run folder holds everything about one run::
+
+    config.json         the TrainConfig (read back by --resume)
+    split.json          the validation groups, so eval can score the run on data it never saw
+    history.csv         one row per epoch (loss, accuracy, IoU, val_*, lr, seconds, images/s)
+    curve.png           the learning curve, redrawn every epoch
+    skipped.csv         pairs that could not be used, and why
+    state.json          epochs done and early-stopping state
+    checkpoints/last.keras, checkpoints/best.keras   (model + optimizer state, written atomically)
+    model.keras, model.tflite                        the final (best) model
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .data import Discovery, discover, load_all, split_by_group
+from .fileio import atomic_path, atomic_write_bytes
+
+Reporter = Callable[[str], None]
+STRATEGIES = ("default", "mirrored", "multiworker")
+# Cache decoded pairs in memory at this multiple of the training size, so crops keep their detail.
+CACHE_SCALE = 1.25
+
+
+class TrainingError(Exception):
+    """A run cannot start or continue; the message says why."""
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str = "runs/bgremove"
+    layout: str = "auto"
+    epochs: int = 30
+    batch_size: int = 16
+    size: int = 256
+    lr: float = 1e-3
+    encoder: str = "mobilenetv2"
+    encoder_weights: str = "imagenet"
+    base_filters: int = 16
+    depth: int = 4
+    val_split: float = 0.1
+    seed: int = 0
+    dice_weight: float = 1.0
+    patience: int = 8
+    strategy: str = "default"
+    cache: str = "auto"  # auto | memory | stream
+    cache_limit_gb: float = 4.0
+    workers: int = 4
+    limit: int = 0  # use at most this many training pairs (0 = all); for quick trials
+
+    def model_config(self):
+        from .model import ModelConfig
+
+        return ModelConfig(
+            encoder=self.encoder,
+            size=self.size,
+            encoder_weights=self.encoder_weights,
+            base_filters=self.base_filters,
+            depth=self.depth,
+        )
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    status: str  # finished | early-stopped | interrupted | nan
+    epochs_done: int
+    best: dict = field(default_factory=dict)
+    train_pairs: int = 0
+    val_pairs: int = 0
+    skipped: int = 0
+
+
+def _strategy(name: str):
+    import tensorflow as tf
+
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise TrainingError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def _write_json(path: Path, data) -> None:
+    atomic_write_bytes(path, json.dumps(data, indent=2).encode())
+
+
+def plot_curve(history_csv: Path, out_png: Path) -> None:
+    """Loss and IoU per epoch, train and validation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(history_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key in zip(axes, ("loss", "iou")):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            values = [float(r[prefix + key]) for r in rows if r.get(prefix + key) not in (None, "")]
+            if values:
+                ax.plot(epochs[: len(values)], values, style, marker="o", ms=3, label=(prefix or "train_") + key)
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+
+def _make_callbacks(run: Path, state: dict, monitor: str, train_pairs: int, cfg: TrainConfig, report: Reporter):
+    import keras
+    import numpy as np
+
+    ckpt_dir = run / "checkpoints"
+    history_csv = run / "history.csv"
+
+    class RunKeeper(keras.callbacks.Callback):
+        """Per epoch: history row, curve, last/best checkpoints and state, all written atomically."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = dict(logs or {})
+            seconds = time.perf_counter() - self.t0
+            if not all(math.isfinite(float(v)) for v in logs.values()):
+                state["nan"] = True
+                self.model.stop_training = True
+                return
+            lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            row = {"epoch": epoch + 1, **{k: round(float(v), 6) for k, v in logs.items()}, "lr": lr,
+                   "seconds": round(seconds, 1), "images_per_s": round(train_pairs / seconds, 2)}
+            new = not history_csv.exists()
+            with open(history_csv, "a", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=list(row))
+                if new:
+                    writer.writeheader()
+                writer.writerow(row)
+            with atomic_path(ckpt_dir / "last.keras") as tmp:
+                self.model.save(tmp)
+            value = float(logs.get(monitor, np.nan))
+            improved = state.get("best") is None or value > state["best"]
+            if improved:
+                state.update(best=value, best_epoch=epoch + 1, wait=0, best_logs=row)
+                with atomic_path(ckpt_dir / "best.keras") as tmp:
+                    self.model.save(tmp)
+            else:
+                state["wait"] = state.get("wait", 0) + 1
+            state["epochs_done"] = epoch + 1
+            _write_json(run / "state.json", state)
+            try:
+                plot_curve(history_csv, run / "curve.png")
+            except Exception as err:  # noqa: BLE001 - a plotting problem must not stop training
+                report(f"warning: could not draw the learning curve: {err}")
+            parts = [f"epoch {epoch + 1}/{cfg.epochs}", f"loss {logs.get('loss', 0):.4f}", f"iou {logs.get('iou', 0):.4f}"]
+            if "val_iou" in logs:
+                parts.append(f"val_iou {logs['val_iou']:.4f}")
+            parts += [f"{seconds:.0f}s", f"{train_pairs / seconds:.1f} img/s"]
+            report("  ".join(parts) + ("  *best*" if improved else ""))
+            if state["wait"] >= cfg.patience:
+                state["early_stopped"] = True
+                self.model.stop_training = True
+
+    class LrOnPlateau(keras.callbacks.Callback):
+        """Halve the learning rate after 3 epochs without improvement (state survives --resume)."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            if state.get("wait", 0) and state["wait"] % 3 == 0:
+                lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+                self.model.optimizer.learning_rate.assign(max(lr * 0.5, 1e-6))
+                report(f"learning rate -> {max(lr * 0.5, 1e-6):.2e}")
+
+    return [RunKeeper(), LrOnPlateau()]
+
+
+def _prepare_data(cfg: TrainConfig, run: Path, report: Reporter):
+    found: Discovery = discover(Path(cfg.data), cfg.layout)
+    if found.unmatched:
+        report(f"{len(found.unmatched)} file(s) without a partner (listed in skipped.csv)")
+    train, val = split_by_group(found.samples, cfg.val_split, cfg.seed)
+    if cfg.limit:
+        train = train[: cfg.limit]
+    _write_json(run / "split.json", {"layout": found.layout, "val_groups": sorted({s.group for s in val}),
+                                     "train_pairs": len(train), "val_pairs": len(val)})
+    return found, train, val
+
+
+def train(cfg: TrainConfig, report: Reporter = lambda _: None, resume: bool = False) -> TrainResult:
+    """Train (or resume) one run; returns how it ended. Raises TrainingError/DataError for unusable input."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    from . import tfdata
+    from .model import SegmentationLoss, build_unet, export_tflite, segmentation_metrics
+
+    run = Path(cfg.out)
+    state: dict = {}
+    if resume:
+        if not (run / "config.json").is_file():
+            raise TrainingError(f"{run}: not a run folder (no config.json)")
+        saved = json.loads((run / "config.json").read_text())
+        # The saved config wins, except where the data now lives and a new epoch budget.
+        epochs = cfg.epochs if cfg.epochs != TrainConfig.epochs else saved["epochs"]
+        cfg = TrainConfig(**{**saved, "out": str(run), "data": cfg.data, "epochs": epochs})
+        if (run / "state.json").is_file():
+            state = json.loads((run / "state.json").read_text())
+        if not (run / "checkpoints" / "last.keras").is_file():
+            raise TrainingError(f"{run}: no checkpoint to resume from")
+    else:
+        if (run / "checkpoints" / "last.keras").exists():
+            raise TrainingError(f"{run}: already holds a run; pass --resume {run} or choose another --out")
+    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    _write_json(run / "config.json", asdict(cfg))
+
+    found, train_samples, val_samples = _prepare_data(cfg, run, report)
+    load_size = int(round(cfg.size * CACHE_SCALE))
+    skipped: list[tuple[Path, str]] = [(p, "no matching image/mask") for p in found.unmatched]
+    est_bytes = (len(train_samples) + len(val_samples)) * load_size * load_size * 4
+    in_memory = cfg.cache == "memory" or (cfg.cache == "auto" and est_bytes < cfg.cache_limit_gb * 2**30)
+    report(f"{len(train_samples)} training pairs, {len(val_samples)} validation pairs "
+           f"({found.layout} layout, {'cached in memory' if in_memory else 'streamed from disk'})")
+
+    aug = tfdata.AugmentConfig()
+    if in_memory:
+        t0 = time.perf_counter()
+        tr = load_all(train_samples, load_size, cfg.workers)
+        va = load_all(val_samples, cfg.size, cfg.workers)
+        skipped += tr.skipped + va.skipped
+        report(f"decoded {len(tr.samples) + len(va.samples)} pairs in {time.perf_counter() - t0:.1f}s")
+        n_train, n_val = len(tr.samples), len(va.samples)
+        train_raw = tfdata.from_arrays(tr.images, tr.masks)
+        val_raw = tfdata.from_arrays(va.images, va.masks) if n_val else None
+    else:
+        bad: list[tuple[Path, str]] = []
+        n_train, n_val = len(train_samples), len(val_samples)
+        train_raw = tfdata.from_files(train_samples, load_size, on_error=lambda p, r: bad.append((p, r)))
+        val_raw = tfdata.from_files(val_samples, cfg.size, on_error=lambda p, r: bad.append((p, r))) if n_val else None
+    with open(run / "skipped.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "reason"])
+        writer.writerows([(str(p), r) for p, r in skipped])
+    if skipped:
+        report(f"skipped {len(skipped)} unusable file(s); see {run / 'skipped.csv'}")
+    if n_train == 0:
+        raise TrainingError(f"{cfg.data}: no usable training pairs")
+
+    train_ds = tfdata.training_pipeline(train_raw, cfg.size, cfg.batch_size, aug, cfg.seed, shuffle=min(n_train, 2048))
+    val_ds = tfdata.validation_pipeline(val_raw, cfg.size, cfg.batch_size) if val_raw is not None else None
+    monitor = "val_iou" if val_ds is not None else "iou"
+
+    keras.utils.set_random_seed(cfg.seed)
+    strategy = _strategy(cfg.strategy)
+    with strategy.scope():
+        if resume:
+            model = keras.saving.load_model(run / "checkpoints" / "last.keras", safe_mode=True)
+        else:
+            model = build_unet(cfg.model_config())
+            model.compile(
+                optimizer=keras.optimizers.Adam(cfg.lr),
+                loss=SegmentationLoss(dice_weight=cfg.dice_weight),
+                metrics=segmentation_metrics(),
+            )
+    initial_epoch = int(state.get("epochs_done", 0))
+    if resume:
+        report(f"resuming {run} at epoch {initial_epoch + 1}")
+    callbacks = _make_callbacks(run, state, monitor, n_train, cfg, report)
+    status = "finished"
+    if initial_epoch < cfg.epochs and not state.get("early_stopped"):
+        try:
+            model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
+                      callbacks=callbacks, verbose=0)
+        except KeyboardInterrupt:
+            # Keep this epoch's progress; the epoch counter stays at the last completed epoch.
+            with atomic_path(run / "checkpoints" / "last.keras") as tmp:
+                model.save(tmp)
+            status = "interrupted"
+    if status != "interrupted":
+        if state.get("nan"):
+            status = "nan"
+        elif state.get("early_stopped"):
+            status = "early-stopped"
+        best = run / "checkpoints" / "best.keras"
+        if best.is_file() and status != "nan":
+            final = keras.saving.load_model(best, safe_mode=True)
+            with atomic_path(run / "model.keras") as tmp:
+                final.save(tmp)
+            export_tflite(final, run / "model.tflite")
+    if not in_memory and bad:
+        with open(run / "skipped.csv", "a", newline="") as fh:
+            csv.writer(fh).writerows([(str(p), r) for p, r in bad])
+        skipped += bad
+    return TrainResult(run, status, int(state.get("epochs_done", 0)), state.get("best_logs", {}),
+                       n_train, n_val, len(skipped))

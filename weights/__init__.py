@@ -1,0 +1,1 @@
+"""The default model shipped with bgremove (installed as the package ``bgremove.weights``)."""
