@@ -264,12 +264,21 @@ def train(cfg: TrainConfig, report: Reporter = lambda _: None, resume: bool = Fa
     if n_train == 0:
         raise TrainingError(f"{cfg.data}: no usable training pairs")
 
-    train_ds = tfdata.training_pipeline(train_raw, cfg.size, cfg.batch_size, aug, cfg.seed, shuffle=min(n_train, 2048))
-    val_ds = tfdata.validation_pipeline(val_raw, cfg.size, cfg.batch_size) if val_raw is not None else None
-    monitor = "val_iou" if val_ds is not None else "iou"
-
     keras.utils.set_random_seed(cfg.seed)
     strategy = _strategy(cfg.strategy)
+    replicas = strategy.num_replicas_in_sync
+    # Replicas need equal shares of every batch: round the batch up and drop ragged last batches.
+    batch = -(-cfg.batch_size // replicas) * replicas
+    ragged_ok = replicas == 1
+    train_ds = tfdata.training_pipeline(train_raw, cfg.size, batch, aug, cfg.seed, shuffle=min(n_train, 2048),
+                                        drop_remainder=not ragged_ok and n_train >= batch)
+    val_batch = batch if ragged_ok else min(batch, n_val // replicas * replicas)
+    if val_raw is not None and val_batch == 0:
+        report(f"warning: {n_val} validation pair(s) cannot be shared by {replicas} replicas; validating on none")
+    val_ds = (tfdata.validation_pipeline(val_raw, cfg.size, val_batch, drop_remainder=not ragged_ok)
+              if val_raw is not None and val_batch else None)
+    monitor = "val_iou" if val_ds is not None else "iou"
+
     with strategy.scope():
         if resume:
             model = keras.saving.load_model(run / "checkpoints" / "last.keras", safe_mode=True)
@@ -288,7 +297,7 @@ def train(cfg: TrainConfig, report: Reporter = lambda _: None, resume: bool = Fa
     if initial_epoch < cfg.epochs and not state.get("early_stopped"):
         try:
             model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
-                      callbacks=callbacks, verbose=0)
+                      callbacks=callbacks, verbose=0, shuffle=False)
         except KeyboardInterrupt:
             # Keep this epoch's progress; the epoch counter stays at the last completed epoch.
             with atomic_path(run / "checkpoints" / "last.keras") as tmp:

@@ -1,0 +1,80 @@
+"""The U-Net builds, learns shapes right, and its LiteRT export computes what Keras computes."""
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from bgremove.model import ModelConfig, build_unet, export_tflite  # noqa: E402
+from bgremove.runtime import KerasRuntime, LiteRTRuntime, ModelError, load_runtime  # noqa: E402
+
+
+def test_classic_unet_shapes():
+    model = build_unet(ModelConfig(encoder="classic", size=32, base_filters=4, depth=3))
+    out = model.predict(np.random.rand(2, 32, 32, 3).astype("float32") * 255, verbose=0)
+    assert out.shape == (2, 32, 32, 1)
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    # Skip connections: every encoder level feeds the decoder.
+    concat = [layer for layer in model.layers if "concat" in layer.name]
+    assert len(concat) == 3
+
+
+def test_size_must_fit_the_encoder():
+    with pytest.raises(ValueError, match="multiple of 32"):
+        build_unet(ModelConfig(encoder="mobilenetv2", size=100))
+    with pytest.raises(ValueError, match="unknown encoder"):
+        build_unet(ModelConfig(encoder="resnet", size=64))
+
+
+def test_mobilenet_encoder_loads_imagenet_weights(pretrained_encoder):
+    random_init = build_unet(ModelConfig(encoder="mobilenetv2", size=64, encoder_weights="none"))
+    pretrained = build_unet(ModelConfig(encoder="mobilenetv2", size=64, encoder_weights=str(pretrained_encoder)))
+    ref = keras.applications.MobileNetV2(input_shape=(None, None, 3), include_top=False, alpha=0.35,
+                                         weights=str(pretrained_encoder))
+    kernel = ref.get_layer("block_6_expand").get_weights()[0]
+    np.testing.assert_array_equal(pretrained.get_layer("block_6_expand").get_weights()[0], kernel)
+    assert not np.allclose(random_init.get_layer("block_6_expand").get_weights()[0], kernel)
+    assert pretrained.output_shape == (None, 64, 64, 1)
+
+
+def test_missing_encoder_weights_file_is_reported(tmp_path):
+    with pytest.raises(FileNotFoundError, match="encoder weights file not found"):
+        build_unet(ModelConfig(encoder="mobilenetv2", size=64, encoder_weights=str(tmp_path / "nope.h5")))
+
+
+def test_tflite_export_matches_keras(tmp_path):
+    model = build_unet(ModelConfig(encoder="mobilenetv2", size=64, encoder_weights="none"))
+    model.save(tmp_path / "m.keras")
+    export_tflite(model, tmp_path / "m.tflite")
+    export_tflite(model, tmp_path / "m16.tflite", float16=True)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    want = model.predict(x, verbose=0)[..., 0]
+    lite = LiteRTRuntime(tmp_path / "m.tflite")
+    assert lite.size == (64, 64)
+    np.testing.assert_allclose(lite.predict(x), want, atol=1e-4)
+    np.testing.assert_allclose(LiteRTRuntime(tmp_path / "m16.tflite").predict(x), want, atol=2e-2)
+    assert (tmp_path / "m16.tflite").stat().st_size < 0.6 * (tmp_path / "m.tflite").stat().st_size
+    keras_rt = load_runtime(tmp_path / "m.keras")
+    assert isinstance(keras_rt, KerasRuntime)
+    np.testing.assert_allclose(keras_rt.predict(x), want, atol=1e-5)
+    with pytest.raises(ModelError, match="fixed at 64x64"):
+        load_runtime(tmp_path / "m.tflite", size=128)
+
+
+def test_bad_model_files_give_one_line(tmp_path):
+    (tmp_path / "photo.tflite").write_bytes(b"\xff\xd8\xff\xe0 not a model")
+    (tmp_path / "model.pkl").write_bytes(b"\x80\x04")
+    (tmp_path / "broken.keras").write_bytes(b"PK\x03\x04 truncated")
+    for name, pattern in [("photo.tflite", "not a valid LiteRT model"), ("model.pkl", "unsupported model format"),
+                          ("broken.keras", "cannot load Keras model"), ("missing.tflite", "not found")]:
+        with pytest.raises(ModelError, match=pattern) as info:
+            load_runtime(tmp_path / name)
+        assert "\n" not in str(info.value) and name in str(info.value)
+
+
+def test_model_with_wrong_output_is_refused(tmp_path):
+    inp = keras.Input((32, 32, 3))
+    model = keras.Model(inp, keras.layers.Conv2D(3, 1)(inp))
+    model.save(tmp_path / "other.keras")
+    with pytest.raises(ModelError, match="not a one-channel alpha"):
+        load_runtime(tmp_path / "other.keras")

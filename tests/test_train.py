@@ -1,0 +1,117 @@
+"""Training end to end on tiny synthetic data: run folder, learning, resume, bad samples, strategies."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from bgremove.cli import app  # noqa: E402
+from bgremove.runtime import load_runtime  # noqa: E402
+
+TINY = ["--encoder", "classic", "--encoder-weights", "none", "--base-filters", "4", "--depth", "2",
+        "--size", "32", "--batch-size", "4", "--lr", "0.003"]
+
+
+def history(run: Path) -> list[dict]:
+    with open(run / "history.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_run_folder_and_learning(trained_run: Path):
+    for name in ["config.json", "split.json", "history.csv", "curve.png", "skipped.csv", "state.json",
+                 "checkpoints/last.keras", "checkpoints/best.keras", "model.keras", "model.tflite"]:
+        assert (trained_run / name).is_file(), name
+    rows = history(trained_run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    assert {"iou", "accuracy", "val_iou", "val_loss", "lr", "images_per_s"} <= set(rows[0])
+    split = json.loads((trained_run / "split.json").read_text())
+    assert split["val_groups"] and split["val_pairs"] > 0
+    assert (trained_run / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tflite_export_gives_the_keras_alpha(trained_run: Path):
+    x = np.random.default_rng(1).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    keras_alpha = load_runtime(trained_run / "model.keras").predict(x)
+    lite_alpha = load_runtime(trained_run / "model.tflite").predict(x)
+    np.testing.assert_allclose(lite_alpha, keras_alpha, atol=1e-4)
+
+
+def test_cli_train_resume_and_skipped_samples(folders_data: Path, tmp_path: Path):
+    (folders_data / "images" / "img_005.jpg").write_bytes(b"\xff\xd8\xff broken")
+    run = tmp_path / "run"
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "--data", str(folders_data), "--out", str(run), "--epochs", "2", *TINY])
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 unusable file" in result.output
+    with open(run / "skipped.csv", newline="") as fh:
+        skipped = list(csv.DictReader(fh))
+    assert [Path(r["path"]).name for r in skipped] == ["img_005.jpg"]
+    assert len(history(run)) == 2
+
+    again = runner.invoke(app, ["train", "--data", str(folders_data), "--out", str(run), *TINY])
+    assert again.exit_code == 2 and "already holds a run" in again.output
+
+    resumed = runner.invoke(app, ["train", "--data", str(folders_data), "--resume", str(run), "--epochs", "4"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming" in resumed.output and "at epoch 3" in resumed.output
+    assert [int(r["epoch"]) for r in history(run)] == [1, 2, 3, 4]
+    assert json.loads((run / "state.json").read_text())["epochs_done"] == 4
+
+
+def test_cli_train_on_aisegment_layout(aisegment_data: Path, tmp_path: Path):
+    result = CliRunner().invoke(
+        app, ["train", "--data", str(aisegment_data), "--out", str(tmp_path / "r"), "--epochs", "1",
+              "--val-split", "0.34", *TINY])
+    assert result.exit_code == 0, result.output
+    assert "aisegment layout" in result.output
+    assert "1 file(s) without a partner" in result.output
+    split = json.loads((tmp_path / "r" / "split.json").read_text())
+    assert len(split["val_groups"]) == 1 and split["val_pairs"] == 4
+
+
+def test_cli_train_reports_bad_data_in_one_line(tmp_path: Path):
+    result = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert "not a folder" in result.output and "Traceback" not in result.output
+
+
+def test_mirrored_strategy_on_two_logical_cpus(folders_data: Path, tmp_path: Path):
+    """MirroredStrategy over two logical CPU devices; needs a fresh process to split the CPU."""
+    script = f"""
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from bgremove.training import TrainConfig, train
+cfg = TrainConfig(data={str(folders_data)!r}, out={str(tmp_path / 'm')!r}, epochs=1, batch_size=4, size=32,
+                  encoder="classic", encoder_weights="none", base_filters=4, depth=2, strategy="mirrored",
+                  val_split=0.25)
+res = train(cfg)
+print("STATUS", res.status, tf.distribute.MirroredStrategy().num_replicas_in_sync)
+"""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "STATUS finished 2" in proc.stdout
+    assert (tmp_path / "m" / "model.tflite").is_file()
+
+
+@pytest.mark.slow
+def test_short_real_training_on_shared_people(people_data: Path, tmp_path: Path, pretrained_encoder):
+    """A few minutes on real photos with the ImageNet encoder: validation IoU must clearly beat chance."""
+    result = CliRunner().invoke(
+        app, ["train", "--data", str(people_data), "--out", str(tmp_path / "real"), "--epochs", "1",
+              "--limit", "256", "--size", "128", "--batch-size", "16", "--encoder-weights", str(pretrained_encoder)])
+    assert result.exit_code == 0, result.output
+    rows = history(tmp_path / "real")
+    print(f"\nreal data: val_iou {rows[-1]['val_iou']}  train images/s {rows[-1]['images_per_s']}")
+    assert float(rows[-1]["val_iou"]) > 0.3
