@@ -58,6 +58,7 @@ class TrainConfig:
     cache_limit_gb: float = 4.0
     workers: int = 4
     limit: int = 0  # use at most this many training pairs (0 = all); for quick trials
+    bn_momentum: float = 0.99
 
     def model_config(self):
         from .model import ModelConfig
@@ -68,6 +69,7 @@ class TrainConfig:
             encoder_weights=self.encoder_weights,
             base_filters=self.base_filters,
             depth=self.depth,
+            bn_momentum=self.bn_momentum,
         )
 
 

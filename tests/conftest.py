@@ -86,13 +86,14 @@ def aisegment_data(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
-    """A tiny classic U-Net trained for 3 epochs through the real training code (shared by tests)."""
+    """A tiny classic U-Net trained for 6 epochs through the real training code (shared by tests)."""
     from bgremove.training import TrainConfig, train
 
     root = tmp_path_factory.mktemp("trained")
     data = make_folders(root / "data", n=16)
-    cfg = TrainConfig(data=str(data), out=str(root / "run"), epochs=3, batch_size=4, size=32, lr=3e-3,
-                      encoder="classic", encoder_weights="none", base_filters=4, depth=2, val_split=0.25)
+    cfg = TrainConfig(data=str(data), out=str(root / "run"), epochs=6, batch_size=4, size=32, lr=5e-3,
+                      encoder="classic", encoder_weights="none", base_filters=4, depth=2, val_split=0.25,
+                      bn_momentum=0.7)
     result = train(cfg)
     assert result.status == "finished"
     return root / "run"

@@ -1,0 +1,198 @@
+"""`bgremove cut` end to end through the CLI, and the Python API, on images made here."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from bgremove import Remover
+from bgremove.batch import plan
+from bgremove.cli import app
+from bgremove.paths import default_model_path
+
+from conftest import ROOT, synthetic_pair
+
+runner = CliRunner()
+
+
+def write_photo(path: Path, seed: int = 0, size=(48, 64)) -> np.ndarray:
+    """Write a synthetic photo; return its RGB pixels as decoded back from the file."""
+    bgr, _ = synthetic_pair(seed, *size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), bgr)
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def check_cutout(out: Path, rgb: np.ndarray) -> np.ndarray:
+    cut = Image.open(out)
+    assert cut.mode == "RGBA"
+    assert cut.size == (rgb.shape[1], rgb.shape[0])
+    rgba = np.asarray(cut)
+    visible = rgba[..., 3] > 0
+    assert visible.any()
+    # Straight alpha: every visible pixel keeps the photo's colour exactly.
+    np.testing.assert_array_equal(rgba[visible][:, :3], rgb[visible])
+    return rgba
+
+
+def test_cut_one_photo_keeps_size_and_colours(tmp_path: Path, tiny_tflite: Path):
+    rgb = write_photo(tmp_path / "in" / "p.png", size=(70, 90))
+    result = runner.invoke(app, ["cut", str(tmp_path / "in" / "p.png"), "-o", str(tmp_path / "out"),
+                                 "--model", str(tiny_tflite)])
+    assert result.exit_code == 0, result.output
+    rgba = check_cutout(tmp_path / "out" / "p.png", rgb)
+    assert rgba[..., 3].std() > 20  # the alpha follows the figure, not a constant
+    assert "1 written, 0 skipped, 0 failed" in result.output
+
+
+def test_the_tiny_model_finds_the_figure(tmp_path: Path, tiny_tflite: Path):
+    bgr, mask = synthetic_pair(7, 48, 64)
+    alpha = Remover(tiny_tflite).alpha(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    assert alpha.shape == mask.shape
+    assert alpha[mask > 0].mean() > alpha[mask == 0].mean() + 0.3
+
+
+def test_threshold_gives_a_hard_mask(tmp_path: Path, tiny_tflite: Path):
+    write_photo(tmp_path / "p.png")
+    result = runner.invoke(app, ["cut", str(tmp_path / "p.png"), "-o", str(tmp_path / "o"), "--threshold", "0.5",
+                                 "--model", str(tiny_tflite)])
+    assert result.exit_code == 0
+    assert set(np.unique(np.asarray(Image.open(tmp_path / "o" / "p.png"))[..., 3])) <= {0, 255}
+
+
+def test_exif_rotated_photo_gives_rotated_cutout(tmp_path: Path, tiny_tflite: Path):
+    bgr, _ = synthetic_pair(3, 64, 40)  # stored 64 wide, 40 high
+    img = Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    img.save(tmp_path / "r.jpg", exif=exif)
+    result = runner.invoke(app, ["cut", str(tmp_path / "r.jpg"), "-o", str(tmp_path / "o"), "--model", str(tiny_tflite)])
+    assert result.exit_code == 0
+    assert Image.open(tmp_path / "o" / "r.png").size == (40, 64)
+
+
+def test_folder_tree_is_mirrored_and_reruns_skip(tmp_path: Path, tiny_tflite: Path):
+    src = tmp_path / "photos"
+    write_photo(src / "a.jpg", 1)
+    write_photo(src / "trip" / "day1" / "b.png", 2)
+    write_photo(src / "trip" / "c.webp", 3)
+    (src / "notes.txt").write_text("not a photo")
+    args = ["cut", str(src), "-o", str(tmp_path / "out"), "--model", str(tiny_tflite)]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")) == [
+        "a.png", "trip/c.png", "trip/day1/b.png"]
+    stamp = (tmp_path / "out" / "a.png").stat().st_mtime_ns
+    second = runner.invoke(app, args)
+    assert "0 written, 3 skipped, 0 failed" in second.output
+    assert (tmp_path / "out" / "a.png").stat().st_mtime_ns == stamp
+    third = runner.invoke(app, [*args, "--overwrite"])
+    assert "3 written, 0 skipped" in third.output
+
+
+def test_colliding_names_never_overwrite_each_other(tmp_path: Path, tiny_tflite: Path):
+    write_photo(tmp_path / "in" / "a.jpg", 1)
+    write_photo(tmp_path / "in" / "a.png", 2)
+    write_photo(tmp_path / "in" / "b.png", 3)
+    result = runner.invoke(app, ["cut", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", str(tiny_tflite)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_jpg.png", "a_png.png", "b.png"]
+
+
+def test_without_output_folder_cutouts_go_beside_inputs(tmp_path: Path, tiny_tflite: Path):
+    rgb = write_photo(tmp_path / "x.png")
+    before = (tmp_path / "x.png").read_bytes()
+    result = runner.invoke(app, ["cut", str(tmp_path / "x.png"), "--model", str(tiny_tflite)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "x.png").read_bytes() == before
+    check_cutout(tmp_path / "x.cutout.png", rgb)
+    # A rerun on the folder does not cut the cutouts.
+    again = runner.invoke(app, ["cut", str(tmp_path), "--model", str(tiny_tflite)])
+    assert "0 written, 1 skipped" in again.output
+    assert not (tmp_path / "x.cutout.cutout.png").exists()
+
+
+def test_output_equal_to_input_is_refused(tmp_path: Path, tiny_tflite: Path):
+    write_photo(tmp_path / "same.png")
+    before = (tmp_path / "same.png").read_bytes()
+    result = runner.invoke(app, ["cut", str(tmp_path / "same.png"), "-o", str(tmp_path), "--model", str(tiny_tflite)])
+    assert result.exit_code == 1
+    assert "would overwrite an input" in result.output
+    assert (tmp_path / "same.png").read_bytes() == before
+
+
+def test_bad_files_fail_alone_and_set_the_exit_code(tmp_path: Path, tiny_tflite: Path):
+    write_photo(tmp_path / "in" / "good.jpg")
+    (tmp_path / "in" / "text.jpg").write_text("hello")
+    (tmp_path / "in" / "empty.png").write_bytes(b"")
+    result = runner.invoke(app, ["cut", str(tmp_path / "in"), str(tmp_path / "missing.jpg"), "-o",
+                                 str(tmp_path / "out"), "--model", str(tiny_tflite)])
+    assert result.exit_code == 1
+    assert "text.jpg: not an image" in result.output
+    assert "empty.png: empty file" in result.output
+    assert "missing.jpg: no such file or folder" in result.output
+    assert "1 written, 0 skipped, 3 failed" in result.output
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.png"]
+
+
+def test_glob_patterns_and_plan(tmp_path: Path):
+    for name in ["a.jpg", "b.jpg", "c.png"]:
+        write_photo(tmp_path / name)
+    jobs = plan([str(tmp_path / "*.jpg")], tmp_path / "out").jobs
+    assert [j.dst.name for j in jobs] == ["a.png", "b.png"]
+    assert not any(j.from_folder for j in jobs)
+
+
+def test_bad_model_is_one_line(tmp_path: Path):
+    write_photo(tmp_path / "p.png")
+    (tmp_path / "m.tflite").write_bytes(b"garbage")
+    result = runner.invoke(app, ["cut", str(tmp_path / "p.png"), "--model", str(tmp_path / "m.tflite")])
+    assert result.exit_code == 2
+    assert "not a valid LiteRT model" in result.output and "Traceback" not in result.output
+
+
+def test_python_api_accepts_paths_pil_and_numpy(tmp_path: Path, tiny_tflite: Path):
+    rgb = write_photo(tmp_path / "p.png")
+    remover = Remover(tiny_tflite)
+    from_path = remover.cut(tmp_path / "p.png")
+    from_pil = remover.cut(Image.open(tmp_path / "p.png"))
+    from_numpy = remover.cut(rgb)
+    assert isinstance(from_path, Image.Image) and from_path.mode == "RGBA"
+    assert isinstance(from_numpy, np.ndarray) and from_numpy.shape == (*rgb.shape[:2], 4)
+    np.testing.assert_array_equal(np.asarray(from_path), from_numpy)
+    np.testing.assert_array_equal(np.asarray(from_pil), from_numpy)
+    np.testing.assert_array_equal(remover.mask(rgb), from_numpy[..., 3])
+
+
+def test_input_transparency_is_kept(tmp_path: Path, tiny_tflite: Path):
+    rgb = write_photo(tmp_path / "p.png")
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    rgba[:, : rgb.shape[1] // 2, 3] = 0  # left half already transparent
+    out = Remover(tiny_tflite).cut(rgba)
+    assert (out[:, : rgb.shape[1] // 2, 3] == 0).all()
+
+
+@pytest.mark.skipif(not default_model_path().is_file(), reason="no shipped model in weights/")
+def test_installed_package_cuts_with_its_shipped_model(tmp_path: Path):
+    """From an unrelated folder, with no --model: the package's own weights are found."""
+    example = next((ROOT / "examples").glob("*.jpg"), None)
+    if example is None:
+        pytest.skip("no example photos")
+    shutil.copy(example, tmp_path / "photo.jpg")
+    exe = shutil.which("bgremove", path=os.path.dirname(sys.executable)) or shutil.which("bgremove")
+    proc = subprocess.run([exe, "cut", "photo.jpg", "-o", "out"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rgb = np.asarray(Image.open(example).convert("RGB"))
+    rgba = check_cutout(tmp_path / "out" / "photo.png", rgb)
+    # A real person photo: a real share of the frame is kept, and a real share removed.
+    coverage = (rgba[..., 3] > 127).mean()
+    assert 0.05 < coverage < 0.95
