@@ -194,5 +194,104 @@ def cut(
         raise typer.Exit(1)
 
 
+def _model_labels(models: list[Path]) -> list[str]:
+    """Short, unique column names: the file name, or more of the path where names repeat."""
+    if not models:
+        return ["default"]
+    names = [m.name for m in models]
+    if len(set(names)) == len(names):
+        return names
+    labels = [str(m) for m in models]
+    return [label if labels.count(label) == 1 else f"{label} #{i + 1}" for i, label in enumerate(labels)]
+
+
+@app.command(name="eval")
+def evaluate(
+    data: Annotated[Path, typer.Option(help="Labelled data folder (same layouts as train).")],
+    model: Annotated[
+        Optional[list[Path]], typer.Option(help="Model(s) to score; repeat for a side-by-side table. Default: the run's or the shipped model.")
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("reports/eval"),
+    run: Annotated[Optional[Path], typer.Option(help="A training run: its model, its validation groups, its curve.")] = None,
+    split: Annotated[str, typer.Option(help="all, val or train (val/train: the run's split, or --val-split/--seed).")] = "all",
+    layout: Annotated[str, typer.Option(help="auto, aisegment, manifest or folders.")] = "auto",
+    val_split: Annotated[float, typer.Option(help="Validation fraction when splitting without --run.")] = 0.1,
+    seed: Annotated[int, typer.Option()] = 0,
+    threshold: Annotated[Optional[float], typer.Option(help="Score hard masks cut at this alpha.")] = None,
+    limit: Annotated[int, typer.Option(help="Score at most N pairs, spread over the set (0 = all).")] = 0,
+    threads: Annotated[Optional[int], typer.Option(help="Model threads.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts).")] = False,
+) -> None:
+    """Score models on labelled photos and write a report with pictures."""
+    from .data import DataError
+    from .evaluation import EvalError, evaluate as run_eval, remover_candidate, select_samples
+    from .pipeline import Remover
+    from .report import write_report
+    from .runtime import ModelError
+
+    models = list(model or [])
+    if run is not None and not models:
+        for name in ("model.tflite", "model.keras"):
+            if (run / name).is_file():
+                models = [run / name]
+                break
+        else:
+            fail(f"{run}: no model.tflite or model.keras in the run folder")
+    if run is not None and not (run / "split.json").is_file():
+        fail(f"{run}: not a run folder (no split.json)")
+    if run is not None and split == "all":
+        split = "val"
+    try:
+        samples = select_samples(data, layout, split, run, val_split, seed, limit)
+        candidates = []
+        labels = _model_labels(models)
+        for path, label in zip(models or [None], labels):
+            remover = Remover(path, threshold=threshold, threads=threads)
+            candidates.append(remover_candidate(remover, label))
+    except (DataError, EvalError, ModelError) as exc:
+        fail(str(exc))
+    quiet = as_json
+    from rich.progress import Progress
+
+    with Progress(console=err, transient=True, disable=quiet or not sys.stderr.isatty()) as progress:
+        task = progress.add_task("evaluating", total=len(samples))
+        try:
+            result = run_eval(samples, candidates, on_progress=lambda done, total: progress.update(task, completed=done))
+        except EvalError as exc:
+            fail(str(exc))
+    header = {"data": str(data), "split": split, "images": len(samples), "run": str(run) if run else "-",
+              "segmentation": "prediction binarised at 0.5" + (f" (hard mask at {threshold})" if threshold else ""),
+              "matting": "soft alpha over the whole image, at the ground truth's resolution"}
+    index = write_report(result, out_dir, run, header)
+    if as_json:
+        import json
+
+        out.print_json(json.dumps({"header": header, "models": result.summary}))
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .metrics import METRIC_INFO
+
+    table = Table(title=f"{len(samples)} image(s), split {split}")
+    table.add_column("metric")
+    for name in result.models:
+        table.add_column(name, justify="right")
+    for key, (_, higher) in METRIC_INFO.items():
+        table.add_row(f"{key} {'(higher better)' if higher else '(lower better)'}",
+                      *[f"{result.summary[m]['all'][key]:.4f}" for m in result.models])
+    sources = sorted({s for m in result.models for s in result.summary[m]["by_source"]})
+    if len(sources) > 1:
+        for source in sources:
+            table.add_row(escape(f"iou [{source}]"), *[f"{result.summary[m]['by_source'].get(source, {}).get('iou', float('nan')):.4f}"
+                                               for m in result.models])
+    table.add_row("model ms/image", *[f"{result.summary[m]['model_ms']:.1f}" for m in result.models])
+    table.add_row("pipeline ms/image", *[f"{result.summary[m]['pipeline_ms']:.1f}" for m in result.models])
+    out.print(table)
+    if result.skipped:
+        err.print(f"{len(result.skipped)} pair(s) skipped (listed in {out_dir / 'summary.json'})")
+    out.print(f"report: {index}")
+
+
 def main() -> None:
     app()

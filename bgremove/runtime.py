@@ -8,6 +8,7 @@ the default for the shipped model because it starts in milliseconds; TensorFlow 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -38,14 +39,33 @@ def _check_shapes(path: Path, inp: tuple, outp: tuple) -> None:
         raise ModelError(f"{path}: gives output {tuple(outp)}, not a one-channel alpha (N, H, W, 1)")
 
 
+@contextmanager
+def _quiet_stderr():
+    """Silence native-code chatter on file descriptor 2 for the duration of the block."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 class LiteRTRuntime:
     def __init__(self, path: Path, threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = path
         try:
-            self.interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
-            self.interpreter.allocate_tensors()
+            with _quiet_stderr():  # LiteRT's C++ side announces its XNNPACK delegate on stderr
+                self.interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"{path}: not a valid LiteRT model ({str(exc).splitlines()[0][:120]})") from None
         self.input = self.interpreter.get_input_details()[0]

@@ -1,0 +1,70 @@
+"""`bgremove eval` end to end: the report's files exist and its numbers are the metrics module's."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from bgremove import Remover
+from bgremove.cli import app
+from bgremove.data import discover, read_mask
+from bgremove.metrics import METRIC_INFO, all_metrics
+
+from conftest import make_folders
+
+runner = CliRunner()
+
+
+def test_eval_report_matches_metrics_module(tmp_path: Path, tiny_tflite: Path):
+    data = make_folders(tmp_path / "data", n=6, manifest=True)
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["eval", "--data", str(data), "--model", str(tiny_tflite), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for name in ["metrics.csv", "summary.json", "index.html", "examples_0.png", "worst_0.png"]:
+        assert (out / name).is_file(), name
+    with open(out / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 6 and set(METRIC_INFO) <= set(rows[0])
+
+    # Recompute one image by hand through the public API and the metrics module.
+    sample = discover(data).samples[2]
+    alpha = Remover(tiny_tflite).mask(sample.image).astype(np.float32) / 255.0
+    gt = read_mask(sample.mask).astype(np.float32) / 255.0
+    want = all_metrics(alpha, gt)
+    row = next(r for r in rows if r["stem"] == sample.stem)
+    for key in METRIC_INFO:
+        assert abs(float(row[key]) - want[key]) < 1e-5, key
+
+    summary = json.loads((out / "summary.json").read_text())
+    mean_iou = np.mean([float(r["iou"]) for r in rows])
+    assert abs(summary["models"]["model.tflite"]["all"]["iou"] - mean_iou) < 1e-6
+    assert set(summary["models"]["model.tflite"]["by_source"]) == {"a", "b"}
+    assert summary["models"]["model.tflite"]["model_ms"] > 0
+    page = (out / "index.html").read_text()
+    assert "examples_0.png" in page and "boundary_f" in page
+
+
+def test_eval_run_scores_its_validation_groups_and_compares_models(trained_run: Path, tmp_path: Path):
+    data = trained_run.parent / "data"
+    out = tmp_path / "r"
+    result = runner.invoke(app, ["eval", "--data", str(data), "--run", str(trained_run), "--model",
+                                 str(trained_run / "model.tflite"), "--model", str(trained_run / "model.keras"),
+                                 "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    split = json.loads((trained_run / "split.json").read_text())
+    assert summary["header"]["split"] == "val"
+    models = summary["models"]
+    assert set(models) == {"model.tflite", "model.keras"}
+    assert models["model.tflite"]["images"] == split["val_pairs"]
+    # The same network through LiteRT and Keras scores the same.
+    assert abs(models["model.tflite"]["all"]["iou"] - models["model.keras"]["all"]["iou"]) < 1e-3
+    assert (out / "curve.png").is_file()
+
+
+def test_eval_without_pairs_is_one_line(tmp_path: Path, tiny_tflite: Path):
+    result = runner.invoke(app, ["eval", "--data", str(tmp_path), "--model", str(tiny_tflite)])
+    assert result.exit_code == 2
+    assert "no known layout" in result.output and "Traceback" not in result.output
