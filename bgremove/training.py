@@ -206,8 +206,13 @@ def _prepare_data(cfg: TrainConfig, run: Path, report: Reporter):
     return found, train, val
 
 
-def train(cfg: TrainConfig, report: Reporter = lambda _: None, resume: bool = False) -> TrainResult:
-    """Train (or resume) one run; returns how it ended. Raises TrainingError/DataError for unusable input."""
+def train(
+    cfg: TrainConfig, report: Reporter = lambda _: None, resume: bool = False, live_bar: bool = False
+) -> TrainResult:
+    """Train (or resume) one run; returns how it ended. Raises TrainingError/DataError for unusable input.
+
+    ``live_bar`` shows Keras' own per-step progress bar (for a terminal) besides the per-epoch lines.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import tensorflow as tf
@@ -299,7 +304,7 @@ def train(cfg: TrainConfig, report: Reporter = lambda _: None, resume: bool = Fa
     if initial_epoch < cfg.epochs and not state.get("early_stopped"):
         try:
             model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
-                      callbacks=callbacks, verbose=0, shuffle=False)
+                      callbacks=callbacks, verbose=1 if live_bar else 0, shuffle=False)
         except KeyboardInterrupt:
             # Keep this epoch's progress; the epoch counter stays at the last completed epoch.
             with atomic_path(run / "checkpoints" / "last.keras") as tmp:

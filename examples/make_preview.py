@@ -1,6 +1,8 @@
 """Make the README's picture: each example photo beside its cutout over a checkerboard.
 
-    python examples/make_preview.py            # writes examples/cutouts/*.png and examples/cutouts/preview.png
+    python examples/make_preview.py [MODEL]     # writes docs/preview.png (default: the shipped model)
+
+The picture lives in docs/, not here, so that `bgremove cut examples/` only finds the photos.
 """
 
 from __future__ import annotations
@@ -21,13 +23,12 @@ HEIGHT = 300
 
 def main(model: str | None = None) -> None:
     remover = Remover(model)
-    out = HERE / "cutouts"
+    out = HERE.parent / "docs"
     out.mkdir(exist_ok=True)
     rows = []
     for photo_path in sorted(HERE.glob("*.jpg")):
         photo = open_photo(photo_path)
         rgba = np.asarray(remover.cut(photo.rgb))
-        write_atomic(out / f"{photo_path.stem}.png", encode(rgba, "png", 6))
         scale = HEIGHT / photo.rgb.shape[0]
         size = (round(photo.rgb.shape[1] * scale), HEIGHT)
         left = cv2.resize(photo.rgb, size, interpolation=cv2.INTER_AREA)
