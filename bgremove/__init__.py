@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["Remover", "__version__"]
+__all__ = ["CutOptions", "Remover", "__version__"]
 
 
 def __getattr__(name: str):
     # Lazy, so that `import bgremove` (and `bgremove --help`) stay fast.
-    if name == "Remover":
-        from .pipeline import Remover
+    if name in ("Remover", "CutOptions"):
+        from . import pipeline
 
-        return Remover
+        return getattr(pipeline, name)
     raise AttributeError(f"module 'bgremove' has no attribute {name!r}")

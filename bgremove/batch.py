@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .images import READ_EXTS, ImageError, encode, open_photo, write_atomic
+from .images import READ_EXTS, ImageError, Photo, encode, open_photo, write_atomic
 from .pipeline import Remover
 
 CUTOUT_SUFFIX = ".cutout"
@@ -170,11 +170,12 @@ def run(
     def load(job: Job):
         return open_photo(job.src, remover.max_pixels)
 
-    def save(job: Job, rgba) -> str:
-        data = encode(rgba, opts.fmt, opts.png_compression)
+    def save(job: Job, photo: Photo, alpha) -> str:
+        rendered = remover.finish(photo, alpha)
+        data = encode(rendered.pixels, opts.fmt, opts.png_compression)
         job.dst.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(job.dst, data)
-        return job.note
+        return "; ".join(filter(None, [job.note, *rendered.notes]))
 
     def finish(job: Job, fut: Future) -> None:
         try:
@@ -218,7 +219,7 @@ def run(
                 for job, photo, alpha in zip(ready, photos, alphas):
                     if photo.notes:
                         job.note = "; ".join(filter(None, [job.note, *photo.notes]))
-                    writes.append((job, pool.submit(lambda j=job, p=photo, a=alpha: save(j, remover.render(p, a)))))
+                    writes.append((job, pool.submit(save, job, photo, alpha)))
                 # Report finished writes in order, keeping memory bounded.
                 while writes and (writes[0][1].done() or len(writes) > ahead):
                     finish(*writes.pop(0))
@@ -229,3 +230,13 @@ def run(
         for job, fut in writes:
             finish(job, fut)
     return summary
+
+
+def cut_one(source: Path | bytes, remover: Remover, opts: RunOptions) -> tuple[bytes, list[str]]:
+    """One photo (a path or its bytes, e.g. from stdin) to encoded output bytes, with its notes.
+
+    For pipes, where there is no destination file; raises ImageError with the one-line reason.
+    """
+    photo = open_photo(source, remover.max_pixels)
+    rendered = remover.finish(photo, remover.predict_alphas([photo])[0])
+    return encode(rendered.pixels, opts.fmt, opts.png_compression), [*photo.notes, *rendered.notes]

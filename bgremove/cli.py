@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .batch import RunOptions
+    from .pipeline import Remover
 
 app = typer.Typer(
     name="bgremove",
@@ -89,7 +93,8 @@ def train(
         limit=limit,
     )
     try:
-        result = run_training(cfg, report=lambda line: out.print(line, highlight=False), resume=resume is not None)
+        result = run_training(cfg, report=lambda line: out.print(line, highlight=False), resume=resume is not None,
+                              live_bar=sys.stdout.isatty())
     except (DataError, TrainingError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     best = result.best
@@ -104,12 +109,54 @@ def train(
     )
 
 
+def _cut_single(
+    source: Path | bytes, name: str, dst: Path | None, remover: Remover, opts: RunOptions, quiet: bool, debug: bool
+) -> None:
+    """One photo for pipes: written to ``dst``, or to stdout (binary, and nothing else goes there)."""
+    from .batch import cut_one
+    from .images import ImageError, write_atomic
+
+    try:
+        data, notes = cut_one(source, remover, opts)
+        if dst is None:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        else:
+            write_atomic(dst, data)
+    except ImageError as exc:
+        fail(f"{name}: {exc}", 1)
+    except Exception as exc:  # noqa: BLE001 - as in batch mode: one line unless --debug
+        if debug:
+            raise
+        fail(f"unexpected error: {type(exc).__name__}: {exc} (rerun with --debug for details)", 1)
+    for note in notes:
+        err.print(f"note: {name}: {note}", highlight=False, soft_wrap=True)
+    if dst is not None and not quiet:
+        out.print(f"written: {name} -> {dst}", highlight=False, soft_wrap=True)
+
+
 @app.command()
 def cut(
-    inputs: Annotated[list[str], typer.Argument(help="Photos, folders (recursive) or glob patterns.", show_default=False)],
+    inputs: Annotated[
+        list[str], typer.Argument(help="Photos, folders (recursive) or glob patterns; - reads one photo from stdin.", show_default=False)
+    ],
     output: Annotated[
-        Optional[Path], typer.Option("--output", "-o", help="Output folder (mirrors the input tree). Default: beside each photo as NAME.cutout.png.")
+        Optional[Path], typer.Option("--output", "-o", help="Output folder (mirrors the input tree); - writes the one result to stdout. Default: beside each photo as NAME.cutout.png (stdout for -).")
     ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="png, webp (alpha kept losslessly) or jpg (needs --bg or --mask). Sets the file extension.")
+    ] = "png",
+    mask: Annotated[bool, typer.Option("--mask", help="Write the alpha alone as an 8-bit grayscale image instead of the cutout.")] = False,
+    bg: Annotated[
+        Optional[str], typer.Option("--bg", metavar="COLOR|IMAGE|blur[:R]", help="Put the subject on a background; the output is RGB. A colour (white, black, red, green, blue, gray, #rrggbb, #rgb), an image file (scaled to cover, centred), or blur[:RADIUS] for the photo itself blurred (portrait mode; radius in pixels, default 2% of the diagonal).", show_default=False)
+    ] = None,
+    refine: Annotated[bool, typer.Option("--refine", help="Refine the edges at the photo's full resolution with a guided filter that follows the photo's own edges (only near the outline).")] = False,
+    decontaminate: Annotated[bool, typer.Option("--decontaminate", help="Estimate the subject's own colour in semi-transparent pixels (hair), so the old background does not bleed through.")] = False,
+    largest: Annotated[bool, typer.Option("--largest", help="Keep only the largest connected region (e.g. drop other people or stray blobs).")] = False,
+    clean: Annotated[bool, typer.Option("--clean/--no-clean", help="Remove specks and fill holes smaller than --min-area.")] = False,
+    min_area: Annotated[float, typer.Option(min=0.0, max=1.0, help="--clean: the size below which specks and holes go, as a fraction of the image.")] = 0.0005,
+    crop: Annotated[bool, typer.Option("--crop", help="Crop the output to the subject's bounding box (all visible pixels); the full frame if nothing is kept.")] = False,
+    margin: Annotated[str, typer.Option(help="--crop: space around the subject, in pixels (20) or percent of the subject's box (5%); clipped to the photo.")] = "0",
     model: Annotated[Optional[Path], typer.Option(help="A .tflite or .keras model (default: the shipped model).")] = None,
     threshold: Annotated[
         Optional[float], typer.Option(min=0.0, max=1.0, help="Hard mask at this alpha; default keeps the soft alpha.")
@@ -128,10 +175,59 @@ def cut(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors and the summary.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
-    """Cut people out of photos into RGBA PNGs."""
+    """Cut people out of photos into RGBA PNGs (or masks, or on a new background).
+
+    Pipes work too: cat photo.jpg | bgremove cut - -o - > cutout.png
+    """
     from .batch import Result, RunOptions, plan, run
-    from .pipeline import Remover
+    from .images import FORMATS, ImageError
+    from .pipeline import CutOptions, Remover
     from .runtime import ModelError
+
+    fmt = fmt.lower().replace("jpeg", "jpg")
+    if fmt not in FORMATS:
+        fail(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    try:
+        options = CutOptions(threshold=threshold, refine=refine, decontaminate=decontaminate, largest=largest,
+                             clean=clean, min_area=min_area, crop=crop, margin=margin, mask=mask, bg=bg)
+    except (ValueError, ImageError) as exc:
+        fail(str(exc))
+    if options.margin.value and not crop:
+        fail("--margin only applies with --crop")
+    if fmt == "jpg" and options.has_alpha:
+        fail("JPEG has no transparency: add --bg COLOR|IMAGE|blur (or --mask), or use --format png or webp")
+
+    from_stdin = "-" in inputs
+    if from_stdin and len(inputs) > 1:
+        fail("- (stdin) must be the only input")
+    to_stdout = (output is not None and str(output) == "-") or (from_stdin and output is None)
+    if to_stdout or from_stdin:
+        source: Path | bytes
+        if from_stdin:
+            if sys.stdin.isatty():
+                fail("no photo on stdin; pipe one in: cat photo.jpg | bgremove cut - -o - > cutout.png")
+            source, name = sys.stdin.buffer.read(), "stdin"
+        else:
+            single = plan(inputs, None, fmt)
+            for item, reason in single.errors:
+                fail(f"{item}: {reason}")
+            if len(single.jobs) != 1:
+                fail(f"-o - writes one image to stdout; {len(single.jobs)} inputs were given")
+            source, name = single.jobs[0].src, str(single.jobs[0].src)
+        if to_stdout and sys.stdout.isatty():
+            fail("refusing to write image data to a terminal; redirect it: ... -o - > cutout.png")
+        if not to_stdout:  # stdin into an output folder
+            try:
+                output.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                fail(f"{output}: cannot create output folder ({exc.strerror})")
+        try:
+            remover = Remover(model, size=size, threads=threads, device=device, max_pixels=max_pixels, options=options)
+        except ModelError as exc:
+            fail(str(exc))
+        dst = None if to_stdout else output / f"stdin.{fmt}"
+        _cut_single(source, name, dst, remover, RunOptions(fmt=fmt, png_compression=png_compression), quiet, debug)
+        return
 
     if output is not None:
         if output.exists() and not output.is_dir():
@@ -140,16 +236,16 @@ def cut(
             output.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             fail(f"{output}: cannot create output folder ({exc.strerror})")
-    the_plan = plan(inputs, output)
+    the_plan = plan(inputs, output, fmt)
     for item, reason in the_plan.errors:
         err.print(f"[red]error:[/] {item}: {reason}", highlight=False, soft_wrap=True)
     if not the_plan.jobs:
         fail("no images to cut" + (" (see the errors above)" if the_plan.errors else ""))
     try:
-        remover = Remover(model, threshold=threshold, size=size, threads=threads, device=device, max_pixels=max_pixels)
+        remover = Remover(model, size=size, threads=threads, device=device, max_pixels=max_pixels, options=options)
     except ModelError as exc:
         fail(str(exc))
-    opts = RunOptions(png_compression=png_compression, overwrite=overwrite, skip_existing=skip_existing,
+    opts = RunOptions(fmt=fmt, png_compression=png_compression, overwrite=overwrite, skip_existing=skip_existing,
                       batch_size=batch_size, workers=workers)
 
     live = sys.stderr.isatty() and not quiet

@@ -127,8 +127,9 @@ def encode(image: np.ndarray, fmt: str = "png", png_compression: int = 1, qualit
     if fmt == "png":
         ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, png_compression])
     elif fmt == "webp":
-        # OpenCV writes WebP alpha only losslessly at quality > 100.
-        ok, buf = cv2.imencode(".webp", bgr, [cv2.IMWRITE_WEBP_QUALITY, 101 if channels == 4 else quality])
+        # OpenCV writes WebP alpha only losslessly at quality > 100; masks (1 channel) stay exact too.
+        lossless = channels in (1, 4)
+        ok, buf = cv2.imencode(".webp", bgr, [cv2.IMWRITE_WEBP_QUALITY, 101 if lossless else quality])
     elif fmt == "jpg":
         if channels == 4:
             raise ImageError("JPEG has no transparency: pass --bg to choose a background")

@@ -1,7 +1,9 @@
 """The cutout pipeline, shared by ``cut``, ``eval`` and the Python API.
 
 photo (any size) -> resize to the model's input -> alpha -> resize back to the photo's size
--> optional threshold -> straight RGBA (each visible pixel keeps the photo's colour).
+-> [refine] -> optional threshold -> [clean, largest] -> [crop] -> straight RGBA (each visible pixel
+keeps the photo's colour, or its estimated foreground colour with decontaminate), or the photo on a new
+background (RGB), or the mask alone. The options in brackets are in ``effects`` and off by default.
 
 The alpha is brought back to the ORIGINAL resolution, so a cutout has exactly the input's width and
 height. The soft alpha is kept by default: the model's probabilities make smoother edges than a hard
@@ -10,13 +12,15 @@ step (see the model card for the measurements behind that default); ``threshold`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Union
 
 import cv2
 import numpy as np
 
+from . import effects
+from .effects import Background, Margin
 from .images import DEFAULT_MAX_PIXELS, Photo, open_photo
 from .runtime import Runtime, load_runtime
 
@@ -25,7 +29,40 @@ ImageLike = Union[str, Path, np.ndarray, "PIL.Image.Image"]  # noqa: F821
 
 @dataclass
 class CutOptions:
+    """How a cutout is finished; every option is off by default. Strings are parsed (ValueError if bad)."""
+
     threshold: float | None = None  # None keeps the soft alpha
+    refine: bool = False  # guided filter on the edge band at the photo's resolution
+    decontaminate: bool = False  # estimate the foreground colour of semi-transparent pixels
+    largest: bool = False  # keep only the largest region of alpha >= 0.5
+    clean: bool = False  # drop specks and fill holes smaller than min_area
+    min_area: float = 0.0005  # fraction of the image
+    crop: bool = False  # crop to the subject's bounding box
+    margin: Margin | str | int = field(default_factory=Margin)  # 20 (pixels) or "5%" (of the box size)
+    mask: bool = False  # output the alpha alone (8-bit gray)
+    bg: Background | str | None = None  # colour name, #rrggbb, image path, "blur" or "blur:RADIUS"
+
+    def __post_init__(self) -> None:
+        self.margin = Margin.parse(self.margin)
+        if self.bg is not None:
+            self.bg = Background.parse(self.bg)
+        if not 0.0 <= self.min_area <= 1.0:
+            raise ValueError(f"min_area {self.min_area}: must be a fraction of the image between 0 and 1")
+        if self.mask and self.bg is not None:
+            raise ValueError("--mask writes the alpha alone; it cannot have a background (--bg)")
+
+    @property
+    def has_alpha(self) -> bool:
+        """Whether outputs are RGBA (a format without transparency, JPEG, needs a background or --mask)."""
+        return not self.mask and self.bg is None
+
+
+@dataclass
+class Rendered:
+    """A finished output and what is worth telling the user about it."""
+
+    pixels: np.ndarray  # (H, W, 4) cutout, (H, W, 3) on a background, or (H, W) mask; uint8
+    notes: list[str] = field(default_factory=list)
 
 
 def to_model_input(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -66,6 +103,39 @@ def compose_rgba(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return rgba
 
 
+def render(photo: Photo, alpha: np.ndarray, options: CutOptions, upscale: float = 1.0) -> Rendered:
+    """Apply every option to the float alpha (at the photo's size) and make the output pixels.
+
+    ``upscale`` is how much the model's alpha was enlarged (photo size / model size): the edge band
+    that ``refine`` works on is about that wide.
+    """
+    notes: list[str] = []
+    if options.refine:
+        alpha = effects.refine_alpha(photo.rgb, alpha, radius=max(2, round(upscale)))
+    a8 = finish_alpha(alpha, options, photo.alpha)
+    if options.clean:
+        a8 = effects.clean_alpha(a8, options.min_area)
+    if options.largest:
+        a8 = effects.keep_largest(a8)
+    height, width = a8.shape
+    box = (0, 0, width, height)
+    if options.crop:
+        found = effects.subject_box(a8, options.margin)
+        if found is None:
+            notes.append("nothing kept: not cropped")
+        else:
+            box = found
+    x0, y0, x1, y1 = box
+    if options.mask:
+        return Rendered(np.ascontiguousarray(a8[y0:y1, x0:x1]), notes)
+    rgb = effects.decontaminate(photo.rgb, a8) if options.decontaminate else photo.rgb
+    fg, a8_box = rgb[y0:y1, x0:x1], a8[y0:y1, x0:x1]
+    if options.bg is not None:
+        background = options.bg.render(photo.rgb, a8, box)  # the blur sees the whole photo, not just the box
+        return Rendered(effects.composite(fg, a8_box, background), notes)
+    return Rendered(compose_rgba(fg, a8_box), notes)
+
+
 class Remover:
     """Cut people out of photos; the model is loaded once and reused.
 
@@ -73,6 +143,7 @@ class Remover:
     >>> remover = Remover()                      # the shipped model
     >>> cutout = remover.cut("photo.jpg")        # PIL RGBA image
     >>> alpha = remover.alpha(numpy_rgb)         # float32 HxW in [0, 1]
+    >>> Remover(options=CutOptions(refine=True, bg="white", crop=True, margin="5%")).cut("photo.jpg")
     """
 
     def __init__(
@@ -83,9 +154,12 @@ class Remover:
         threads: int | None = None,
         device: str = "auto",
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        options: CutOptions | None = None,
     ):
         self.runtime: Runtime = load_runtime(model, size=size, threads=threads, device=device)
-        self.options = CutOptions(threshold=threshold)
+        self.options = options or CutOptions()
+        if threshold is not None:
+            self.options = replace(self.options, threshold=threshold)
         self.max_pixels = max_pixels
 
     # -- inputs
@@ -122,23 +196,29 @@ class Remover:
         return [to_photo_alpha(a, *p.size) for a, p in zip(small, photos)]
 
     # -- outputs
+    def finish(self, photo: Photo, alpha: np.ndarray, options: CutOptions | None = None) -> Rendered:
+        """The output pixels for this photo and its float alpha, with notes (e.g. an empty crop)."""
+        (mh, mw), (h, w) = self.runtime.size, photo.rgb.shape[:2]
+        return render(photo, alpha, options or self.options, upscale=max(h / mh, w / mw))
+
     def render(self, photo: Photo, alpha: np.ndarray) -> np.ndarray:
-        return compose_rgba(photo.rgb, finish_alpha(alpha, self.options, photo.alpha))
+        return self.finish(photo, alpha).pixels
 
     def alpha(self, image: ImageLike) -> np.ndarray:
         return self.predict_alphas([self.load(image)])[0]
 
     def mask(self, image: ImageLike) -> np.ndarray:
-        """uint8 alpha (HxW) as written by ``cut --mask``."""
+        """uint8 alpha (HxW) as written by ``cut --mask``: every option that shapes the alpha applies."""
         photo = self.load(image)
-        return finish_alpha(self.predict_alphas([photo])[0], self.options, photo.alpha)
+        options = replace(self.options, mask=True, bg=None)
+        return self.finish(photo, self.predict_alphas([photo])[0], options).pixels
 
     def cut(self, image: ImageLike):
-        """RGBA cutout: a numpy array for numpy input, else a PIL image."""
+        """The output (RGBA cutout, RGB on --bg, or gray mask): numpy for numpy input, else a PIL image."""
         photo = self.load(image)
-        rgba = self.render(photo, self.predict_alphas([photo])[0])
+        pixels = self.render(photo, self.predict_alphas([photo])[0])
         if isinstance(image, np.ndarray):
-            return rgba
+            return pixels
         from PIL import Image
 
-        return Image.fromarray(rgba, "RGBA")
+        return Image.fromarray(pixels)
