@@ -164,7 +164,7 @@ def cut(
     size: Annotated[Optional[int], typer.Option(help="Model input size, for models whose size is not fixed.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo outputs that exist.")] = False,
     skip_existing: Annotated[
-        Optional[bool], typer.Option("--skip-existing/--no-skip-existing", help="Skip outputs that exist [default: for folders].", show_default=False)
+        Optional[bool], typer.Option("--skip-existing/--no-skip-existing", help="Skip outputs that exist (default: for files found in folders).", show_default=False)
     ] = None,
     png_compression: Annotated[int, typer.Option(min=0, max=9, help="PNG compression: 0 fastest/biggest, 9 smallest.")] = 1,
     max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels than this.")] = 150_000_000,
