@@ -310,17 +310,18 @@ def train(
             with atomic_path(run / "checkpoints" / "last.keras") as tmp:
                 model.save(tmp)
             status = "interrupted"
-    if status != "interrupted":
-        if state.get("nan"):
-            status = "nan"
-        elif state.get("early_stopped"):
-            status = "early-stopped"
-        best = run / "checkpoints" / "best.keras"
-        if best.is_file() and status != "nan":
-            final = keras.saving.load_model(best, safe_mode=True)
-            with atomic_path(run / "model.keras") as tmp:
-                final.save(tmp)
-            export_tflite(final, run / "model.tflite")
+    if state.get("nan"):
+        status = "nan"
+    elif state.get("early_stopped") and status != "interrupted":
+        status = "early-stopped"
+    best = run / "checkpoints" / "best.keras"
+    if best.is_file() and status != "nan":
+        # The best epoch so far becomes the run's model, also after Ctrl-C, so a stopped run is usable.
+        # Loaded uncompiled: the shipped file needs no optimizer state (checkpoints keep it for --resume).
+        final = keras.saving.load_model(best, compile=False, safe_mode=True)
+        with atomic_path(run / "model.keras") as tmp:
+            final.save(tmp)
+        export_tflite(final, run / "model.tflite")
     if not in_memory and bad:
         with open(run / "skipped.csv", "a", newline="") as fh:
             csv.writer(fh).writerows([(str(p), r) for p, r in bad])

@@ -79,3 +79,19 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_good_checkpoint(tmp_path: P
     assert "loss became NaN" in result.output and "Traceback" not in result.output
     assert (run / "checkpoints" / "last.keras").read_bytes() == good
     assert json.loads((run / "state.json").read_text())["epochs_done"] == 1
+
+
+def test_ctrl_c_saves_a_checkpoint_and_a_usable_model(tmp_path: Path):
+    data = make_folders(tmp_path / "data", n=24)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "bgremove", "train", "--data", str(data), "--out", str(run), "--epochs", "50", *TINY]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "checkpoints" / "best.keras").is_file():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    assert "interrupted after" in output and "--resume" in output and "Traceback" not in output
+    assert (run / "model.tflite").is_file() and (run / "checkpoints" / "last.keras").is_file()
