@@ -41,7 +41,7 @@ class ModelConfig:
     encoder_weights: str = "none"  # "imagenet", "none" or a path to a .weights.h5 file
     # Batch-norm momentum of every layer. Keras' MobileNetV2 uses 0.999, whose moving statistics lag
     # fine-tuned weights by thousands of steps, so inference-mode accuracy trails training badly.
-    bn_momentum: float = 0.99
+    bn_momentum: float = 0.9
 
     def to_dict(self) -> dict:
         return asdict(self)

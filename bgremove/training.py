@@ -58,7 +58,7 @@ class TrainConfig:
     cache_limit_gb: float = 4.0
     workers: int = 4
     limit: int = 0  # use at most this many training pairs (0 = all); for quick trials
-    bn_momentum: float = 0.99
+    bn_momentum: float = 0.9
 
     def model_config(self):
         from .model import ModelConfig
@@ -199,8 +199,11 @@ def _prepare_data(cfg: TrainConfig, run: Path, report: Reporter):
     if found.unmatched:
         report(f"{len(found.unmatched)} file(s) without a partner (listed in skipped.csv)")
     train, val = split_by_group(found.samples, cfg.val_split, cfg.seed)
-    if cfg.limit:
-        train = train[: cfg.limit]
+    if cfg.limit and cfg.limit < len(train):
+        # A random subset, not the first files: those would all come from one source.
+        import random
+
+        train = sorted(random.Random(cfg.seed).sample(train, cfg.limit), key=lambda s: str(s.image))
     _write_json(run / "split.json", {"layout": found.layout, "val_groups": sorted({s.group for s in val}),
                                      "train_pairs": len(train), "val_pairs": len(val)})
     return found, train, val

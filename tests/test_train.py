@@ -109,9 +109,12 @@ print("STATUS", res.status, tf.distribute.MirroredStrategy().num_replicas_in_syn
 def test_short_real_training_on_shared_people(people_data: Path, tmp_path: Path, pretrained_encoder):
     """A few minutes on real photos with the ImageNet encoder: validation IoU must clearly beat chance."""
     result = CliRunner().invoke(
-        app, ["train", "--data", str(people_data), "--out", str(tmp_path / "real"), "--epochs", "1",
-              "--limit", "256", "--size", "128", "--batch-size", "16", "--encoder-weights", str(pretrained_encoder)])
+        app, ["train", "--data", str(people_data), "--out", str(tmp_path / "real"), "--epochs", "3",
+              "--limit", "320", "--size", "128", "--batch-size", "16", "--lr", "0.002",
+              "--encoder-weights", str(pretrained_encoder)])
     assert result.exit_code == 0, result.output
     rows = history(tmp_path / "real")
-    print(f"\nreal data: val_iou {rows[-1]['val_iou']}  train images/s {rows[-1]['images_per_s']}")
-    assert float(rows[-1]["val_iou"]) > 0.3
+    for row in rows:
+        print(f"\nreal data, epoch {row['epoch']}: iou {row['iou']}  val_iou {row['val_iou']}  "
+              f"train images/s {row['images_per_s']}")
+    assert float(rows[-1]["val_iou"]) > 0.6
