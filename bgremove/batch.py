@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import glob
 import os
+import signal
+import threading
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .images import READ_EXTS, ImageError, Photo, encode, open_photo, write_atomic
+from .images import READ_EXTS, ImageError, Photo, encode, open_photo, remove_stale_temps, write_atomic
 from .pipeline import Remover
 
 CUTOUT_SUFFIX = ".cutout"
@@ -40,6 +43,7 @@ class Result:
     job: Job
     status: str  # written | skipped | failed
     message: str = ""
+    error: BaseException | None = None  # what made it fail, for --debug
 
 
 @dataclass
@@ -53,35 +57,58 @@ class Summary:
         setattr(self, status, getattr(self, status) + 1)
 
 
-def _walk(folder: Path, exclude: Path | None) -> Iterator[Path]:
-    """Image files under ``folder``; follows folder symlinks but never loops."""
+def _real(path: Path) -> Path:
+    """The path with every link resolved; unlike Path.resolve (Python < 3.13), a link loop does not raise."""
+    return Path(os.path.realpath(path))
+
+
+def _walk(folder: Path, exclude: Path | None, errors: list[tuple[str, str]]) -> Iterator[Path]:
+    """Image files under ``folder``, each once; follows folder symlinks but never loops.
+
+    Hidden files and folders are skipped: they hold other tools' data, and our own temporary files
+    (``.NAME.XXXXXXXX.tmp.png``, left by a killed run) must never be taken for photos. Folders that
+    cannot be listed are reported in ``errors`` rather than silently left out.
+    """
     seen: set[tuple[int, int]] = set()
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        st = os.stat(root)
+
+    def unreadable(exc: OSError) -> None:
+        errors.append((str(exc.filename or folder), f"cannot read folder ({(exc.strerror or str(exc)).lower()})"))
+
+    for root, dirs, files in os.walk(folder, followlinks=True, onerror=unreadable):
+        try:
+            st = os.stat(root)
+        except OSError as exc:
+            unreadable(exc)
+            dirs[:] = []
+            continue
         if (st.st_dev, st.st_ino) in seen:
             dirs[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
         root_path = Path(root)
-        if exclude is not None and root_path.resolve() == exclude:
+        if exclude is not None and _real(root_path) == exclude:
             dirs[:] = []
             continue
-        dirs.sort()
+        # Real folders before links to folders: a file reachable both ways keeps its real path.
+        dirs[:] = sorted((d for d in dirs if not d.startswith(".")), key=lambda d: (os.path.islink(root_path / d), d))
         for name in sorted(files):
             path = root_path / name
-            if path.suffix.lower() in READ_EXTS and not path.stem.endswith(CUTOUT_SUFFIX):
+            if not name.startswith(".") and path.suffix.lower() in READ_EXTS and not path.stem.endswith(CUTOUT_SUFFIX):
                 yield path
 
 
 def _expand(inputs: list[str], output: Path | None) -> tuple[list[tuple[Path, Path | None]], list[tuple[str, str]]]:
     """Each input -> (file, folder it was found in or None for files named directly)."""
-    exclude = output.resolve() if output is not None else None
+    exclude = _real(output) if output is not None else None
     found: list[tuple[Path, Path | None]] = []
     errors: list[tuple[str, str]] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found += [(p, path) for p in _walk(path, exclude)]
+            if exclude is not None and _real(path) == exclude:
+                errors.append((item, "is also the output folder (-o); choose another one for the cutouts"))
+                continue
+            found += [(p, path) for p in _walk(path, exclude, errors)]
         elif path.exists() or path.is_symlink():
             found.append((path, None))
         elif glob.has_magic(item):
@@ -101,7 +128,7 @@ def plan(inputs: list[str], output: Path | None, ext: str = "png") -> Plan:
     jobs: list[Job] = []
     seen_src: set[Path] = set()
     for src, base in found:
-        key = src.resolve()
+        key = _real(src)
         if key in seen_src:  # the same file given twice (e.g. a file and its folder)
             continue
         seen_src.add(key)
@@ -115,7 +142,7 @@ def plan(inputs: list[str], output: Path | None, ext: str = "png") -> Plan:
 
     by_dst: dict[Path, list[Job]] = defaultdict(list)
     for job in jobs:
-        by_dst[job.dst.resolve()].append(job)
+        by_dst[_real(job.dst)].append(job)
     taken = set(by_dst)
     for dst, group in by_dst.items():
         if len(group) < 2:
@@ -124,10 +151,10 @@ def plan(inputs: list[str], output: Path | None, ext: str = "png") -> Plan:
             stem = job.dst.name[: -len(ext) - 1]
             candidate = job.dst.with_name(f"{stem}_{job.src.suffix.lstrip('.').lower()}.{ext}")
             i = 2
-            while candidate.resolve() in taken:
+            while _real(candidate) in taken:
                 candidate = job.dst.with_name(f"{stem}_{job.src.suffix.lstrip('.').lower()}-{i}.{ext}")
                 i += 1
-            taken.add(candidate.resolve())
+            taken.add(_real(candidate))
             job.note = f"named {candidate.name}: {job.dst.name} is shared by {len(group)} inputs"
             job.dst = candidate
     return Plan(jobs, errors)
@@ -149,15 +176,43 @@ def _should_skip(job: Job, opts: RunOptions) -> bool:
     return job.from_folder if opts.skip_existing is None else opts.skip_existing
 
 
+@contextmanager
+def _first_ctrl_c_sets(stop: threading.Event) -> Iterator[None]:
+    """While the block runs, a first Ctrl-C only sets ``stop``; a second one interrupts at once.
+
+    A KeyboardInterrupt could land anywhere (inside a model call, between counting and reporting a
+    file); a flag is checked only between batches. Installed only on the main thread over Python's
+    default handler, so a program that handles SIGINT itself keeps its handling.
+    """
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def run(
     jobs: list[Job], remover: Remover, opts: RunOptions, on_result: Callable[[Result], None] = lambda r: None
 ) -> Summary:
     """Cut every job; never raises for a bad file. Ctrl-C finishes the images in flight and stops."""
     summary = Summary()
-    inputs = {job.src.resolve() for job in jobs}
+    stop = threading.Event()
+    remove_stale_temps(job.dst for job in jobs)  # what a killed run left; its outputs are redone below
+    inputs = {_real(job.src) for job in jobs}
     todo: list[Job] = []
     for job in jobs:
-        if job.dst.resolve() in inputs:
+        if _real(job.dst) in inputs:
             result = Result(job, "failed", "the output would overwrite an input file")
         elif _should_skip(job, opts):
             result = Result(job, "skipped", "output exists")
@@ -173,7 +228,6 @@ def run(
     def save(job: Job, photo: Photo, alpha) -> str:
         rendered = remover.finish(photo, alpha)
         data = encode(rendered.pixels, opts.fmt, opts.png_compression)
-        job.dst.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(job.dst, data)
         return "; ".join(filter(None, [job.note, *rendered.notes]))
 
@@ -182,19 +236,19 @@ def run(
             note = fut.result()
             result = Result(job, "written", note)
         except ImageError as exc:
-            result = Result(job, "failed", str(exc))
+            result = Result(job, "failed", str(exc), exc)
         except Exception as exc:  # noqa: BLE001 - one broken file must not stop the batch
-            result = Result(job, "failed", f"{type(exc).__name__}: {exc}")
+            result = Result(job, "failed", f"{type(exc).__name__}: {exc}", exc)
         summary.add(result.status)
         on_result(result)
 
-    with ThreadPoolExecutor(max(1, opts.workers)) as pool:
+    with ThreadPoolExecutor(max(1, opts.workers)) as pool, _first_ctrl_c_sets(stop):
         ahead = max(opts.batch_size * 2, 4)
         loads: list[tuple[Job, Future]] = [(j, pool.submit(load, j)) for j in todo[:ahead]]
         next_index = len(loads)
         writes: list[tuple[Job, Future]] = []
         try:
-            while loads:
+            while loads and not stop.is_set():
                 batch, loads = loads[: opts.batch_size], loads[opts.batch_size :]
                 refill = todo[next_index : next_index + len(batch)]
                 loads += [(j, pool.submit(load, j)) for j in refill]
@@ -224,11 +278,15 @@ def run(
                 while writes and (writes[0][1].done() or len(writes) > ahead):
                     finish(*writes.pop(0))
         except KeyboardInterrupt:
-            summary.interrupted = True
-            for _, fut in loads:
+            if stop.is_set():  # a second Ctrl-C: stop waiting (writes are atomic, nothing is left half-done)
+                raise
+            stop.set()
+        if stop.is_set():
+            for _, fut in loads:  # photos not being decoded yet are dropped; the others end unused
                 fut.cancel()
         for job, fut in writes:
             finish(job, fut)
+    summary.interrupted = stop.is_set() and summary.written + summary.skipped + summary.failed < len(jobs)
     return summary
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__
 
@@ -27,8 +28,8 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> None:
-    """One clear line on stderr, no traceback."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """One clear line on stderr, no traceback. The message is plain text: file names may hold [brackets]."""
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -48,8 +49,8 @@ def _version(value: bool) -> None:
 @app.callback()
 def main_options(
     version: Annotated[
-        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
-    ] = None,
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
 ) -> None:
     """bgremove: cut people out of photos."""
 
@@ -99,7 +100,8 @@ def train(
         fail(str(exc))
     best = result.best
     if result.status == "interrupted":
-        out.print(f"interrupted after {result.epochs_done} epoch(s); continue with: bgremove train --data {data} --resume {result.run_dir}")
+        out.print(f"interrupted after {result.epochs_done} epoch(s); the best epoch so far is in "
+                  f"{result.run_dir / 'model.tflite'}; continue with: bgremove train --data {data} --resume {result.run_dir}")
         raise typer.Exit(130)
     if result.status == "nan":
         fail(f"the loss became NaN; the last good checkpoint is in {result.run_dir / 'checkpoints'} (try a lower --lr)", 1)
@@ -130,9 +132,9 @@ def _cut_single(
             raise
         fail(f"unexpected error: {type(exc).__name__}: {exc} (rerun with --debug for details)", 1)
     for note in notes:
-        err.print(f"note: {name}: {note}", highlight=False, soft_wrap=True)
+        err.print(f"note: {name}: {note}", highlight=False, soft_wrap=True, markup=False)
     if dst is not None and not quiet:
-        out.print(f"written: {name} -> {dst}", highlight=False, soft_wrap=True)
+        out.print(f"written: {name} -> {dst}", highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command()
@@ -229,22 +231,25 @@ def cut(
         _cut_single(source, name, dst, remover, RunOptions(fmt=fmt, png_compression=png_compression), quiet, debug)
         return
 
-    if output is not None:
-        if output.exists() and not output.is_dir():
-            fail(f"{output}: exists and is not a folder")
-        try:
-            output.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            fail(f"{output}: cannot create output folder ({exc.strerror})")
+    if output is not None and output.exists() and not output.is_dir():
+        fail(f"{output}: exists and is not a folder")
     the_plan = plan(inputs, output, fmt)
     for item, reason in the_plan.errors:
-        err.print(f"[red]error:[/] {item}: {reason}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/] {escape(f'{item}: {reason}')}", highlight=False, soft_wrap=True)
     if not the_plan.jobs:
-        fail("no images to cut" + (" (see the errors above)" if the_plan.errors else ""))
+        if the_plan.errors:  # every input was bad: counted like bad files, not a usage error
+            err.print(f"0 written, 0 skipped, {len(the_plan.errors)} failed", highlight=False)
+            raise typer.Exit(1)
+        fail("no images to cut")
     try:
         remover = Remover(model, size=size, threads=threads, device=device, max_pixels=max_pixels, options=options)
     except ModelError as exc:
         fail(str(exc))
+    if output is not None:  # only now: a bad model or bad inputs leave nothing behind
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            fail(f"{output}: cannot create output folder ({(exc.strerror or str(exc)).lower()})")
     opts = RunOptions(fmt=fmt, png_compression=png_compression, overwrite=overwrite, skip_existing=skip_existing,
                       batch_size=batch_size, workers=workers)
 
@@ -252,10 +257,16 @@ def cut(
 
     def report(result: Result) -> None:
         if result.status == "failed":
-            err.print(f"[red]failed:[/] {result.job.src}: {result.message}", highlight=False, soft_wrap=True)
+            err.print(f"[red]failed:[/] {escape(f'{result.job.src}: {result.message}')}", highlight=False,
+                      soft_wrap=True)
+            if debug and result.error is not None and not isinstance(result.error, ImageError):
+                import traceback
+
+                err.print("".join(traceback.format_exception(result.error)), markup=False, highlight=False)
         elif not quiet and not live:
             extra = f" ({result.message})" if result.message else ""
-            out.print(f"{result.status}: {result.job.src} -> {result.job.dst}{extra}", highlight=False, soft_wrap=True)
+            out.print(f"{result.status}: {result.job.src} -> {result.job.dst}{extra}", highlight=False, soft_wrap=True,
+                      markup=False)
 
     try:
         if live:

@@ -8,10 +8,13 @@ into place, so a killed run never leaves a half-written cutout.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import cv2
 import numpy as np
@@ -46,11 +49,13 @@ def _to_rgb(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     """Any Pillow mode -> (RGB uint8, alpha uint8 or None)."""
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(im)
+        arr = np.asarray(im).astype(np.int64)
+        # I;16 is 16-bit by definition, even when the photo is dark; "I" (32-bit) carries no depth, so a
+        # range within 0..255 is taken as 8-bit and anything above as 16-bit.
         if mode == "I" and arr.max(initial=0) <= 255:
-            gray = arr.astype(np.uint8)
+            gray = np.clip(arr, 0, 255).astype(np.uint8)
         else:
-            gray = (arr.astype(np.uint32) >> 8).astype(np.uint8) if arr.max(initial=0) > 255 else arr.astype(np.uint8)
+            gray = ((np.clip(arr, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)  # round(v / 257)
         return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2)), None
     if mode == "F":
         gray = np.clip(np.asarray(im), 0, 255).astype(np.uint8)
@@ -62,6 +67,16 @@ def _to_rgb(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     if mode == "RGB":
         return np.asarray(im), None
     return np.asarray(im.convert("RGB")), None
+
+
+def _decode_reason(exc: BaseException) -> str:
+    """A short reason for a decoder or file-system error (Pillow's messages vary by format and version)."""
+    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
+        return exc.strerror[0].lower() + exc.strerror[1:]  # "too many levels of symbolic links", without the path
+    reason = str(exc) or type(exc).__name__
+    if isinstance(exc, EOFError) or any(word in reason.lower() for word in ("truncated", "broken", "corrupt")):
+        return "truncated or corrupt image"
+    return reason
 
 
 def open_photo(source: Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
@@ -93,16 +108,14 @@ def open_photo(source: Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ph
     except ImageError:
         raise
     except FileNotFoundError:
-        raise ImageError("no such file") from None
+        broken = not isinstance(source, bytes) and Path(source).is_symlink()
+        raise ImageError("broken symbolic link" if broken else "no such file") from None
     except PermissionError:
         raise ImageError("permission denied") from None
     except UnidentifiedImageError:
         raise ImageError("not an image, or a format bgremove cannot read") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        reason = str(exc) or type(exc).__name__
-        if "truncated" in reason or "broken" in reason.lower():
-            reason = "truncated or corrupt image"
-        raise ImageError(reason) from None
+        raise ImageError(_decode_reason(exc)) from None
     except MemoryError:
         raise ImageError("not enough memory to decode") from None
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
@@ -142,14 +155,51 @@ def encode(image: np.ndarray, fmt: str = "png", png_compression: int = 1, qualit
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write through a temporary file in the target folder; a failure leaves no partial file behind."""
+    """Write through a temporary file in the target folder (made if needed); a failure leaves no partial file."""
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
                 fh.write(data)
-    except FileNotFoundError:
-        raise ImageError(f"output folder {path.parent} does not exist") from None
     except PermissionError:
         raise ImageError(f"cannot write to {path.parent} (permission denied)") from None
+    except (FileExistsError, NotADirectoryError):
+        raise ImageError(f"cannot write {path.name}: {path.parent} is not a folder") from None
+    except FileNotFoundError:
+        raise ImageError(f"output folder {path.parent} does not exist") from None
     except OSError as exc:
-        raise ImageError(f"cannot write {path.name}: {exc.strerror or exc}") from None
+        if exc.errno == errno.ENOSPC:
+            raise ImageError(f"cannot write {path.name}: no space left on device") from None
+        reason = exc.strerror.lower() if exc.strerror else str(exc)
+        raise ImageError(f"cannot write {path.name}: {reason}") from None
+
+
+# atomic_path's temporary files: ".{name}.XXXXXXXX.tmp{suffix}" (mkstemp's 8 random characters).
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp(?P<suffix>.*)")
+
+
+def remove_stale_temps(paths: Iterable[Path]) -> int:
+    """Delete temporary files that a killed run left for these destinations; returns how many.
+
+    Only exact matches of atomic_path's naming for one of ``paths`` go, so nothing else in the folder is
+    touched. (A second bgremove writing the same destinations at the same time would lose its temporary
+    file too; two runs into one folder are not supported anyway.)
+    """
+    by_folder: dict[Path, set[str]] = {}
+    for path in paths:
+        by_folder.setdefault(path.parent, set()).add(path.name)
+    removed = 0
+    for folder, names in by_folder.items():
+        try:
+            entries = [e.name for e in os.scandir(folder) if e.name.startswith(".")]
+        except OSError:  # no such folder yet, or unreadable: nothing of ours in it
+            continue
+        for entry in entries:
+            m = _TEMP_NAME.fullmatch(entry)
+            if m and m["name"] in names and m["suffix"] == Path(m["name"]).suffix:
+                try:
+                    (folder / entry).unlink()
+                    removed += 1
+                except OSError:
+                    pass
+    return removed

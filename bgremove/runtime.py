@@ -32,6 +32,12 @@ class Runtime(Protocol):
         ...
 
 
+def _first_line(exc: BaseException, limit: int = 120) -> str:
+    """The first line of a library's error, cut at a word if long: enough to tell what is wrong."""
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " ..."
+
+
 def _check_shapes(path: Path, inp: tuple, outp: tuple) -> None:
     if len(inp) != 4 or inp[-1] != 3:
         raise ModelError(f"{path}: expects input {tuple(inp)}, not an RGB image model (N, H, W, 3)")
@@ -67,7 +73,7 @@ class LiteRTRuntime:
                 self.interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
                 self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"{path}: not a valid LiteRT model ({str(exc).splitlines()[0][:120]})") from None
+            raise ModelError(f"{path}: not a valid LiteRT model ({_first_line(exc)})") from None
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         _check_shapes(path, tuple(self.input["shape"]), tuple(self.output["shape"]))
@@ -101,7 +107,13 @@ class KerasRuntime:
         try:
             self.model = keras.saving.load_model(path, compile=False, safe_mode=True)
         except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
-            raise ModelError(f"{path}: cannot load Keras model ({str(exc).splitlines()[0][:120]})") from None
+            text = str(exc)
+            if "safe_mode" in text or "Lambda" in text:
+                raise ModelError(
+                    f"{path}: refused: the model holds Python code (a Lambda layer), which bgremove never runs "
+                    "(Keras safe mode); rebuild it without Lambda layers"
+                ) from None
+            raise ModelError(f"{path}: cannot load Keras model ({_first_line(exc)})") from None
         inp, outp = tuple(self.model.input_shape), tuple(self.model.output_shape)
         _check_shapes(path, inp, outp)
         fixed = inp[1:3]
