@@ -109,3 +109,15 @@ def markdown_table(header: list[str], rows: list[list[str]], right: set[int] | N
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def vm_hwm(pid: int) -> int:
+    """Peak resident set size (VmHWM) of a running process in bytes; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0

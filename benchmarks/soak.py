@@ -17,7 +17,7 @@ c. Checks, for each run: the exit status is 1 (something failed); every good pho
    decodes to the end with the photo's displayed size (EXIF applied) and RGBA; no other file and no
    temporary file is in OUT; every bad file is named in exactly one ``failed:`` line with a reason; the
    summary line reads "G written, 0 skipped, B failed"; each GIF's line carries the "frames" note.
-d. Memory: peak RSS (ru_maxrss of that child, from os.wait4) of both runs, compared against the limit
+d. Memory: peak RSS (the child's VmHWM, polled) of both runs, compared against the limit
    speed.py uses, max(10 %, 20 MB). A peak is a maximum, though: a 4x longer run meets more unlucky moments
    (several big photos in flight at once) and includes the allocator's warm-up, so the verdict "flat" is
    taken inside the 1000-photo run, from its RSS read every 0.1 s (/proc, Linux): the peak of its second
@@ -49,7 +49,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import bgremove_command, load_average, machine, model_or_exit, text_table  # noqa: E402
+from _common import bgremove_command, load_average, machine, model_or_exit, text_table, vm_hwm  # noqa: E402
 from bgremove.paths import find_shared  # noqa: E402
 
 MB = 1_000_000
@@ -275,6 +275,7 @@ def vm_rss(pid: int) -> int | None:
 def run_cut(cmd: list[str], logs: Path) -> tuple[int, float, int, list[tuple[float, int]], str, str]:
     """Run to the end; (exit status, wall s, peak RSS bytes of that child, (s, RSS) samples, stdout, stderr)."""
     samples: list[tuple[float, int]] = []
+    hwm = 0
     with open(logs / "stdout.txt", "wb") as out, open(logs / "stderr.txt", "wb") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
@@ -282,12 +283,14 @@ def run_cut(cmd: list[str], logs: Path) -> tuple[int, float, int, list[tuple[flo
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # this child's own rusage, once it ends
             if pid:
                 break
+            hwm = max(hwm, vm_hwm(proc.pid))
             rss = vm_rss(proc.pid)
             if rss is not None:
                 samples.append((time.perf_counter() - t0, rss))
             time.sleep(SAMPLE_S)
         wall = time.perf_counter() - t0
-    peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    # Not usage.ru_maxrss: it also counts what the child shared with this process between fork and exec.
+    peak = hwm
     return (os.waitstatus_to_exitcode(status), wall, peak, samples, (logs / "stdout.txt").read_text(errors="replace"),
             (logs / "stderr.txt").read_text(errors="replace"))
 

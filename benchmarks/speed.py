@@ -20,8 +20,9 @@ c. Batch: ``bgremove cut DIR -o OUT`` as a subprocess on the same folder, fresh 
 d. Cold start: wall time of the whole process ``bgremove cut photo.jpg -o OUT`` for one 600x800 photo
    (target <= 0.6 s) and one 12 MP photo (median of 3 each; one untimed run first, so the disk cache is warm
    but every timed run is a new process), and of ``bgremove --help`` (median of 5; target <= 0.3 s).
-e. Peak memory: the maximum resident set size (ru_maxrss of the child from os.wait4, i.e. the kernel's
-   VmHWM) of ``bgremove cut`` over ``--mem-count`` (default 1000) 854x480 photos -- copies of the davis16
+e. Peak memory: the maximum resident set size of the ``bgremove`` process (its kernel high-water mark,
+   VmHWM, polled every 20 ms; not ru_maxrss, which also counts what the child shared with this process
+   between fork and exec) of ``bgremove cut`` over ``--mem-count`` (default 1000) 854x480 photos -- copies of the davis16
    frames under distinct names -- and over a quarter as many. Target: <= 400 MB (10^6 bytes) and flat:
    the peak must not grow with the number of photos (allowed: max(10 %, 20 MB)).
 f. Model time: our model alone through LiteRT (bgremove.runtime.load_runtime(path).predict on a 1-image
@@ -58,7 +59,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    bgremove_command, choose_peers, load_average, load_peers, machine, model_or_exit, need_shared, text_table,
+    bgremove_command, choose_peers, load_average, load_peers, machine, model_or_exit, need_shared, text_table, vm_hwm,
 )
 from bgremove.paths import find_shared  # noqa: E402
 
@@ -126,14 +127,18 @@ def run_process(cmd: list[str], log_path: Path) -> tuple[float, int]:
         fh.flush()
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, unlike RUSAGE_CHILDREN's running max
+        # The child's ru_maxrss counts the memory it shared with this (large) process between fork and
+        # exec, so read the kernel's high-water mark of the exec'd program itself while it runs.
+        hwm = 0
+        while proc.poll() is None:
+            hwm = max(hwm, vm_hwm(proc.pid))
+            time.sleep(0.02)
         wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
         raise BenchError(f"`{' '.join(cmd)}` exited with status {proc.returncode}:\n  " + "\n  ".join(tail))
-    peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    return wall, peak
+    return wall, hwm
+
 
 
 def count_outputs(folder: Path) -> int:
