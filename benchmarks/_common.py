@@ -111,13 +111,16 @@ def markdown_table(header: list[str], rows: list[list[str]], right: set[int] | N
     return "\n".join(lines)
 
 
-def vm_hwm(pid: int) -> int:
-    """Peak resident set size (VmHWM) of a running process in bytes; 0 once it is gone."""
+def proc_memory(pid: int, field: str = "VmHWM") -> int | None:
+    """A memory figure of a running process from /proc (VmHWM: its peak RSS; VmRSS: now), in bytes.
+
+    None on systems without /proc or once the process has ended.
+    """
     try:
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 0
+    return None

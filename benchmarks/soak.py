@@ -49,7 +49,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import bgremove_command, load_average, machine, model_or_exit, text_table, vm_hwm  # noqa: E402
+from _common import bgremove_command, load_average, machine, model_or_exit, text_table, proc_memory  # noqa: E402
 from bgremove.paths import find_shared  # noqa: E402
 
 MB = 1_000_000
@@ -260,18 +260,6 @@ class RunResult:
     reasons: dict[str, str]  # bad kind -> first reason seen
 
 
-def vm_rss(pid: int) -> int | None:
-    """Resident memory of ``pid`` now, in bytes (Linux; None elsewhere or once it has ended)."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def run_cut(cmd: list[str], logs: Path) -> tuple[int, float, int, list[tuple[float, int]], str, str]:
     """Run to the end; (exit status, wall s, peak RSS bytes of that child, (s, RSS) samples, stdout, stderr)."""
     samples: list[tuple[float, int]] = []
@@ -283,8 +271,8 @@ def run_cut(cmd: list[str], logs: Path) -> tuple[int, float, int, list[tuple[flo
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # this child's own rusage, once it ends
             if pid:
                 break
-            hwm = max(hwm, vm_hwm(proc.pid))
-            rss = vm_rss(proc.pid)
+            hwm = max(hwm, proc_memory(proc.pid) or 0)
+            rss = proc_memory(proc.pid, "VmRSS")
             if rss is not None:
                 samples.append((time.perf_counter() - t0, rss))
             time.sleep(SAMPLE_S)

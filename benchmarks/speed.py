@@ -59,7 +59,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    bgremove_command, choose_peers, load_average, load_peers, machine, model_or_exit, need_shared, text_table, vm_hwm,
+    bgremove_command, choose_peers, load_average, load_peers, machine, model_or_exit, need_shared, text_table, proc_memory,
 )
 from bgremove.paths import find_shared  # noqa: E402
 
@@ -131,7 +131,7 @@ def run_process(cmd: list[str], log_path: Path) -> tuple[float, int]:
         # exec, so read the kernel's high-water mark of the exec'd program itself while it runs.
         hwm = 0
         while proc.poll() is None:
-            hwm = max(hwm, vm_hwm(proc.pid))
+            hwm = max(hwm, proc_memory(proc.pid) or 0)
             time.sleep(0.02)
         wall = time.perf_counter() - t0
     if proc.returncode != 0:
