@@ -329,6 +329,9 @@ def evaluate(
     val_split: Annotated[float, typer.Option(help="Validation fraction when splitting without --run.")] = 0.1,
     seed: Annotated[int, typer.Option()] = 0,
     threshold: Annotated[Optional[float], typer.Option(help="Score hard masks cut at this alpha.")] = None,
+    refine: Annotated[bool, typer.Option("--refine", help="Score the alphas as `cut --refine` writes them.")] = False,
+    clean: Annotated[bool, typer.Option("--clean", help="Score the alphas as `cut --clean` writes them.")] = False,
+    largest: Annotated[bool, typer.Option("--largest", help="Score the alphas as `cut --largest` writes them.")] = False,
     limit: Annotated[int, typer.Option(help="Score at most N pairs, spread over the set (0 = all).")] = 0,
     threads: Annotated[Optional[int], typer.Option(help="Model threads.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts).")] = False,
@@ -336,7 +339,7 @@ def evaluate(
     """Score models on labelled photos and write a report with pictures."""
     from .data import DataError
     from .evaluation import EvalError, evaluate as run_eval, remover_candidate, select_samples
-    from .pipeline import Remover
+    from .pipeline import CutOptions, Remover
     from .report import write_report
     from .runtime import ModelError
 
@@ -357,7 +360,8 @@ def evaluate(
         candidates = []
         labels = _model_labels(models)
         for path, label in zip(models or [None], labels):
-            remover = Remover(path, threshold=threshold, threads=threads)
+            options = CutOptions(threshold=threshold, refine=refine, clean=clean, largest=largest)
+            remover = Remover(path, threads=threads, options=options)
             candidates.append(remover_candidate(remover, label))
     except (DataError, EvalError, ModelError) as exc:
         fail(str(exc))
@@ -372,6 +376,8 @@ def evaluate(
             fail(str(exc))
     header = {"data": str(data), "split": split, "images": len(samples), "run": str(run) if run else "-",
               "segmentation": "prediction binarised at 0.5" + (f" (hard mask at {threshold})" if threshold else ""),
+              "options": ", ".join(name for name, on in (("refine", refine), ("clean", clean), ("largest", largest))
+                                   if on) or "none",
               "matting": "soft alpha over the whole image, at the ground truth's resolution"}
     index = write_report(result, out_dir, run, header)
     if as_json:

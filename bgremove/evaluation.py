@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -21,7 +21,7 @@ import numpy as np
 from .data import Sample, SampleError, discover, read_mask, split_by_group
 from .images import ImageError, Photo, encode, open_photo
 from .metrics import METRIC_INFO, all_metrics
-from .pipeline import CutOptions, Remover, compose_rgba, finish_alpha
+from .pipeline import Remover, compose_rgba
 
 THUMB_HEIGHT = 160
 SPLITS = ("all", "val", "train")
@@ -38,7 +38,8 @@ class Candidate:
     name: str
     predict: Callable[[Photo], tuple[np.ndarray, float]]
     render: Callable[[Photo, np.ndarray], np.ndarray]
-    hard_threshold: float | None = None  # a thresholded model is scored on its hard mask
+    # The 8-bit alpha the user gets (after threshold, refine, clean, ...): what the metrics score.
+    final_alpha: Callable[[Photo, np.ndarray], np.ndarray]
 
 
 def remover_candidate(remover: Remover, name: str) -> Candidate:
@@ -54,7 +55,13 @@ def remover_candidate(remover: Remover, name: str) -> Candidate:
         seconds = time.perf_counter() - t0
         return to_photo_alpha(small, *photo.size), seconds
 
-    return Candidate(name, predict, remover.render, remover.options.threshold)
+    # Scored on the alpha that `cut` writes, with every option that shapes it, but not cropped.
+    as_mask = replace(remover.options, mask=True, bg=None, crop=False)
+
+    def final_alpha(photo: Photo, alpha: np.ndarray) -> np.ndarray:
+        return remover.finish(photo, alpha, as_mask).pixels
+
+    return Candidate(name, predict, remover.render, final_alpha)
 
 
 def function_candidate(name: str, fn: Callable[[np.ndarray], np.ndarray]) -> Candidate:
@@ -68,7 +75,7 @@ def function_candidate(name: str, fn: Callable[[np.ndarray], np.ndarray]) -> Can
     def render(photo: Photo, alpha: np.ndarray) -> np.ndarray:
         return compose_rgba(photo.rgb, np.rint(alpha * 255).astype(np.uint8))
 
-    return Candidate(name, predict, render)
+    return Candidate(name, predict, render, lambda photo, alpha: np.rint(alpha * 255).astype(np.uint8))
 
 
 @dataclass
@@ -180,7 +187,7 @@ def evaluate(
             encode(rgba, "png", 1)
             pipeline_s = decode_s + time.perf_counter() - t1
             # Scored as written: 8-bit alpha, hard if the model is thresholded (metrics binarise at 0.5).
-            scored = finish_alpha(alpha, CutOptions(threshold=cand.hard_threshold)).astype(np.float32) / 255.0
+            scored = cand.final_alpha(photo, alpha).astype(np.float32) / 255.0
             values = all_metrics(scored, gt, threshold=0.5)
             rows.append({"stem": sample.stem, "source": sample.source, "group": sample.group, "model": cand.name,
                          **{k: round(v, 6) for k, v in values.items()},

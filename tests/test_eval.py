@@ -68,3 +68,23 @@ def test_eval_without_pairs_is_one_line(tmp_path: Path, tiny_tflite: Path):
     result = runner.invoke(app, ["eval", "--data", str(tmp_path), "--model", str(tiny_tflite)])
     assert result.exit_code == 2
     assert "no known layout" in result.output and "Traceback" not in result.output
+
+
+def test_eval_scores_the_alpha_that_cut_writes(tmp_path: Path, tiny_tflite: Path):
+    """With --threshold the scored alpha is hard, so on binary labels |error| equals error squared."""
+    from bgremove import CutOptions
+
+    data = make_folders(tmp_path / "data", n=4)
+    for flags, options in ((["--threshold", "0.5"], CutOptions(threshold=0.5)), (["--refine"], CutOptions(refine=True))):
+        out = tmp_path / flags[0].strip("-")
+        result = runner.invoke(app, ["eval", "--data", str(data), "--model", str(tiny_tflite), "--out", str(out), *flags])
+        assert result.exit_code == 0, result.output
+        with open(out / "metrics.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        sample = discover(data).samples[1]
+        alpha = Remover(tiny_tflite, options=options).mask(sample.image).astype(np.float32) / 255.0
+        gt = read_mask(sample.mask).astype(np.float32) / 255.0
+        row = next(r for r in rows if r["stem"] == sample.stem)
+        assert abs(float(row["sad"]) - all_metrics(alpha, gt)["sad"]) < 1e-5
+        if options.threshold is not None:
+            assert all(abs(float(r["mse"]) - float(r["mad"])) < 1e-6 for r in rows)
