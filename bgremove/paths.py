@@ -11,8 +11,15 @@ PRETRAINED_NAME = "mobilenet_v2_0.35_no_top.weights.h5"
 
 
 def weights_dir() -> Path:
-    """The ``weights/`` folder shipped inside the installed package (``bgremove.weights``)."""
-    return Path(str(resources.files("bgremove.weights")))
+    """The ``weights/`` folder shipped inside the installed package (``bgremove.weights``).
+
+    Imported straight from a source checkout (e.g. ``python -c`` in the repository root), the package
+    has no ``bgremove.weights``: the checkout's own top-level ``weights/`` is the same folder.
+    """
+    try:
+        return Path(str(resources.files("bgremove.weights")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "weights"
 
 
 def default_model_path() -> Path:
