@@ -225,6 +225,10 @@ def train(
 
     run = Path(cfg.out)
     state: dict = {}
+    if not resume and cfg.encoder == "mobilenetv2":
+        from .model import resolve_encoder_weights
+
+        resolve_encoder_weights(cfg.encoder_weights)  # a wrong path fails now, not after decoding the data
     if resume:
         if not (run / "config.json").is_file():
             raise TrainingError(f"{run}: not a run folder (no config.json)")
