@@ -199,6 +199,19 @@ def cut(
     if fmt == "jpg" and options.has_alpha:
         fail("JPEG has no transparency: add --bg COLOR|IMAGE|blur (or --mask), or use --format png or webp")
 
+    def load_remover(threads: int | None) -> Remover:
+        try:
+            return Remover(model, size=size, threads=threads, device=device, max_pixels=max_pixels, options=options)
+        except ModelError as exc:
+            fail(str(exc))
+
+    def make_output_folder() -> None:
+        """Only once the model has loaded: a bad model or bad inputs leave nothing behind."""
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            fail(f"{output}: cannot create output folder ({(exc.strerror or str(exc)).lower()})")
+
     from_stdin = "-" in inputs
     if from_stdin and len(inputs) > 1:
         fail("- (stdin) must be the only input")
@@ -218,15 +231,9 @@ def cut(
             source, name = single.jobs[0].src, str(single.jobs[0].src)
         if to_stdout and sys.stdout.isatty():
             fail("refusing to write image data to a terminal; redirect it: ... -o - > cutout.png")
+        remover = load_remover(threads)
         if not to_stdout:  # stdin into an output folder
-            try:
-                output.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                fail(f"{output}: cannot create output folder ({exc.strerror})")
-        try:
-            remover = Remover(model, size=size, threads=threads, device=device, max_pixels=max_pixels, options=options)
-        except ModelError as exc:
-            fail(str(exc))
+            make_output_folder()
         dst = None if to_stdout else output / f"stdin.{fmt}"
         _cut_single(source, name, dst, remover, RunOptions(fmt=fmt, png_compression=png_compression), quiet, debug)
         return
@@ -245,15 +252,9 @@ def cut(
         # In a batch the decode/encode workers keep every core busy; one model thread wastes less CPU on
         # synchronisation (measured: 37 vs 33 images/s on 2 cores, benchmarks/speed.py).
         threads = 1
-    try:
-        remover = Remover(model, size=size, threads=threads, device=device, max_pixels=max_pixels, options=options)
-    except ModelError as exc:
-        fail(str(exc))
-    if output is not None:  # only now: a bad model or bad inputs leave nothing behind
-        try:
-            output.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            fail(f"{output}: cannot create output folder ({(exc.strerror or str(exc)).lower()})")
+    remover = load_remover(threads)
+    if output is not None:
+        make_output_folder()
     opts = RunOptions(fmt=fmt, png_compression=png_compression, overwrite=overwrite, skip_existing=skip_existing,
                       batch_size=batch_size, workers=workers)
 
