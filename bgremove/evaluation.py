@@ -21,7 +21,7 @@ import numpy as np
 from .data import Sample, SampleError, discover, read_mask, split_by_group
 from .images import ImageError, Photo, encode, open_photo
 from .metrics import METRIC_INFO, all_metrics
-from .pipeline import Remover, compose_rgba
+from .pipeline import CutOptions, Remover, compose_rgba, finish_alpha
 
 THUMB_HEIGHT = 160
 SPLITS = ("all", "val", "train")
@@ -72,10 +72,13 @@ def function_candidate(name: str, fn: Callable[[np.ndarray], np.ndarray]) -> Can
         alpha = np.clip(np.asarray(fn(photo.rgb), np.float32), 0, 1)
         return alpha, time.perf_counter() - t0
 
-    def render(photo: Photo, alpha: np.ndarray) -> np.ndarray:
-        return compose_rgba(photo.rgb, np.rint(alpha * 255).astype(np.uint8))
+    def final_alpha(photo: Photo, alpha: np.ndarray) -> np.ndarray:
+        return finish_alpha(alpha, CutOptions())
 
-    return Candidate(name, predict, render, lambda photo, alpha: np.rint(alpha * 255).astype(np.uint8))
+    def render(photo: Photo, alpha: np.ndarray) -> np.ndarray:
+        return compose_rgba(photo.rgb, final_alpha(photo, alpha))
+
+    return Candidate(name, predict, render, final_alpha)
 
 
 @dataclass
