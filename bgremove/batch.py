@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .images import READ_EXTS, ImageError, Photo, encode, open_photo, remove_stale_temps, write_atomic
+from .fileio import remove_stale_temps
+from .images import READ_EXTS, ImageError, Photo, encode, open_photo, write_atomic
 from .pipeline import Remover
 
 CUTOUT_SUFFIX = ".cutout"

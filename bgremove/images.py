@@ -11,10 +11,8 @@ from __future__ import annotations
 import errno
 import io
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import cv2
 import numpy as np
@@ -173,33 +171,3 @@ def write_atomic(path: Path, data: bytes) -> None:
         reason = exc.strerror.lower() if exc.strerror else str(exc)
         raise ImageError(f"cannot write {path.name}: {reason}") from None
 
-
-# atomic_path's temporary files: ".{name}.XXXXXXXX.tmp{suffix}" (mkstemp's 8 random characters).
-_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp(?P<suffix>.*)")
-
-
-def remove_stale_temps(paths: Iterable[Path]) -> int:
-    """Delete temporary files that a killed run left for these destinations; returns how many.
-
-    Only exact matches of atomic_path's naming for one of ``paths`` go, so nothing else in the folder is
-    touched. (A second bgremove writing the same destinations at the same time would lose its temporary
-    file too; two runs into one folder are not supported anyway.)
-    """
-    by_folder: dict[Path, set[str]] = {}
-    for path in paths:
-        by_folder.setdefault(path.parent, set()).add(path.name)
-    removed = 0
-    for folder, names in by_folder.items():
-        try:
-            entries = [e.name for e in os.scandir(folder) if e.name.startswith(".")]
-        except OSError:  # no such folder yet, or unreadable: nothing of ours in it
-            continue
-        for entry in entries:
-            m = _TEMP_NAME.fullmatch(entry)
-            if m and m["name"] in names and m["suffix"] == Path(m["name"]).suffix:
-                try:
-                    (folder / entry).unlink()
-                    removed += 1
-                except OSError:
-                    pass
-    return removed
