@@ -79,6 +79,15 @@ def train(
     strategy: Annotated[str, typer.Option(help="default, mirrored (all local GPUs) or multiworker (TF_CONFIG).")] = "default",
     cache: Annotated[str, typer.Option(help="auto, memory or stream.")] = "auto",
     limit: Annotated[int, typer.Option(help="Use at most N training pairs (0 = all).")] = 0,
+    source_weighting: Annotated[
+        str, typer.Option(help="How often each source of a manifest is drawn: sqrt (of its size), equal or none.")
+    ] = "sqrt",
+    paste_prob: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of training crops with another crop's person pasted in.")
+    ] = 0.25,
+    init: Annotated[
+        Optional[Path], typer.Option(help="Fine-tune from this .keras model (e.g. weights/bgremove.keras).")
+    ] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder.")] = None,
 ) -> None:
     """Train the U-Net on image/mask pairs."""
@@ -91,7 +100,7 @@ def train(
         data=str(data), out=str(resume or out_dir), layout=layout, epochs=epochs, batch_size=batch_size, size=size,
         lr=lr, encoder=encoder, encoder_weights=encoder_weights, base_filters=base_filters, depth=depth,
         val_split=val_split, seed=seed, dice_weight=dice_weight, patience=patience, strategy=strategy, cache=cache,
-        limit=limit,
+        limit=limit, source_weighting=source_weighting, paste_prob=paste_prob, init=str(init or ""),
     )
     try:
         result = run_training(cfg, report=lambda line: out.print(line, highlight=False), resume=resume is not None,

@@ -26,6 +26,9 @@ class AugmentConfig:
     hue: float = 0.04
     grayscale_prob: float = 0.08
     noise_std: float = 0.03
+    # Paste the person of one training crop over another (the label is the union of both masks):
+    # people on backgrounds and in groups the data set does not have.
+    paste_prob: float = 0.25
 
 
 def _random_box(aug: AugmentConfig) -> tf.Tensor:
@@ -93,13 +96,54 @@ def from_files(samples: list[Sample], load_size: int, on_error=None) -> tf.data.
     return ds.filter(lambda image, mask, ok: ok).map(lambda image, mask, ok: (image, mask))
 
 
+def paste_pairs(images: tf.Tensor, masks: tf.Tensor, prob: float):
+    """Two augmented pairs -> with probability ``prob`` the first one's person pasted over the second.
+
+    Both inputs are people, so the label of the composite is exact: the pasted mask over the mask below.
+    """
+    a_img, b_img, a_m, b_m = images[0], images[1], masks[0], masks[1]
+    pasted_img = a_img * a_m + b_img * (1.0 - a_m)
+    pasted_m = a_m + b_m * (1.0 - a_m)
+    use = tf.random.uniform([]) < prob
+    first_img = tf.where(use, pasted_img, a_img)
+    first_m = tf.where(use, pasted_m, a_m)
+    return tf.stack([first_img, b_img]), tf.stack([first_m, b_m])
+
+
+def mix_sources(parts: list[tf.data.Dataset], sizes: list[int], weighting: str, seed: int,
+                shuffle: int) -> tf.data.Dataset:
+    """One epoch (as many pairs as there are in all parts) drawn from per-source streams.
+
+    ``weighting``: ``none`` keeps each source's natural share; ``sqrt`` draws a source in proportion to the
+    square root of its size, so 400 video frames are not drowned by 1,200 portraits, yet a small source is
+    not repeated so often that the model learns it by heart; ``equal`` gives every source the same share.
+    """
+    total = sum(sizes)
+    if len(parts) == 1 or weighting == "none":
+        ds = parts[0]
+        for part in parts[1:]:
+            ds = ds.concatenate(part)
+        return ds.shuffle(min(total, shuffle), seed=seed, reshuffle_each_iteration=True)
+    power = {"sqrt": 0.5, "equal": 0.0}[weighting]
+    weights = [n**power for n in sizes]
+    weights = [w / sum(weights) for w in weights]
+    streams = [part.shuffle(min(n, shuffle), seed=seed + i, reshuffle_each_iteration=True).repeat()
+               for i, (part, n) in enumerate(zip(parts, sizes))]
+    return tf.data.Dataset.sample_from_datasets(streams, weights, seed=seed).take(total)
+
+
 def training_pipeline(
-    ds: tf.data.Dataset, size: int, batch_size: int, aug: AugmentConfig, seed: int, shuffle: int,
+    ds: tf.data.Dataset, size: int, batch_size: int, aug: AugmentConfig, seed: int, shuffle: int = 0,
     drop_remainder: bool = False,
 ) -> tf.data.Dataset:
-    ds = ds.shuffle(shuffle, seed=seed, reshuffle_each_iteration=True)
+    """``ds`` yields uint8 pairs in training order (see mix_sources); ``shuffle`` > 0 shuffles it here."""
+    if shuffle:
+        ds = ds.shuffle(shuffle, seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(_from_uint8, num_parallel_calls=AUTOTUNE)
     ds = ds.map(lambda i, m: augment(i, m, size, aug), num_parallel_calls=AUTOTUNE)
+    if aug.paste_prob > 0:
+        ds = ds.batch(2, drop_remainder=True).map(lambda i, m: paste_pairs(i, m, aug.paste_prob),
+                                                   num_parallel_calls=AUTOTUNE).unbatch()
     ds = ds.map(lambda i, m: (i * 255.0, m), num_parallel_calls=AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
 

@@ -19,15 +19,18 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 from .data import Discovery, discover, load_all, split_by_group
 from .fileio import atomic_path, atomic_write_bytes
 
 Reporter = Callable[[str], None]
 STRATEGIES = ("default", "mirrored", "multiworker")
+WEIGHTINGS = ("sqrt", "equal", "none")
 # Cache decoded pairs in memory at this multiple of the training size, so crops keep their detail.
 CACHE_SCALE = 1.25
 
@@ -59,6 +62,9 @@ class TrainConfig:
     workers: int = 4
     limit: int = 0  # use at most this many training pairs (0 = all); for quick trials
     bn_momentum: float = 0.9
+    source_weighting: str = "sqrt"  # how often each source is drawn; see tfdata.mix_sources
+    paste_prob: float = 0.25  # copy-paste compositing; see tfdata.paste_pairs
+    init: str = ""  # start from this .keras model's weights (fine-tuning) instead of the ImageNet encoder
 
     def model_config(self):
         from .model import ModelConfig
@@ -209,6 +215,32 @@ def _prepare_data(cfg: TrainConfig, run: Path, report: Reporter):
     return found, train, val
 
 
+def _check_init(path: Path) -> None:
+    if not path.is_file():
+        raise TrainingError(f"{path}: --init model not found")
+    if path.suffix != ".keras":
+        raise TrainingError(f"{path}: --init needs a .keras model (a .tflite file holds no trainable weights)")
+
+
+def _init_model(cfg: TrainConfig, path: Path):
+    """A fresh U-Net of cfg's shape carrying the weights of the model in ``path`` (any input size)."""
+    import keras
+
+    from .model import build_unet
+
+    try:
+        source = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise TrainingError(f"{path}: cannot load the --init model ({type(exc).__name__}: {exc})") from None
+    model = build_unet(replace(cfg.model_config(), encoder_weights="none"))
+    theirs, ours = source.get_weights(), model.get_weights()
+    if len(theirs) != len(ours) or any(a.shape != b.shape for a, b in zip(theirs, ours)):
+        raise TrainingError(f"{path}: its layers do not match a {cfg.encoder} U-Net as configured "
+                            f"(give the --encoder/--base-filters/--depth it was trained with)")
+    model.set_weights(theirs)
+    return model
+
+
 def train(
     cfg: TrainConfig, report: Reporter = lambda _: None, resume: bool = False, live_bar: bool = False
 ) -> TrainResult:
@@ -225,7 +257,11 @@ def train(
 
     run = Path(cfg.out)
     state: dict = {}
-    if not resume and cfg.encoder == "mobilenetv2":
+    if cfg.source_weighting not in WEIGHTINGS:
+        raise TrainingError(f"unknown source weighting {cfg.source_weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+    if not resume and cfg.init:
+        _check_init(Path(cfg.init))
+    elif not resume and cfg.encoder == "mobilenetv2":
         from .model import resolve_encoder_weights
 
         resolve_encoder_weights(cfg.encoder_weights)  # a wrong path fails now, not after decoding the data
@@ -254,7 +290,8 @@ def train(
     report(f"{len(train_samples)} training pairs, {len(val_samples)} validation pairs "
            f"({found.layout} layout, {'cached in memory' if in_memory else 'streamed from disk'})")
 
-    aug = tfdata.AugmentConfig()
+    aug = tfdata.AugmentConfig(paste_prob=cfg.paste_prob)
+    sources = sorted({s.source for s in train_samples})
     if in_memory:
         t0 = time.perf_counter()
         tr = load_all(train_samples, load_size, cfg.workers)
@@ -262,13 +299,23 @@ def train(
         skipped += tr.skipped + va.skipped
         report(f"decoded {len(tr.samples) + len(va.samples)} pairs in {time.perf_counter() - t0:.1f}s")
         n_train, n_val = len(tr.samples), len(va.samples)
-        train_raw = tfdata.from_arrays(tr.images, tr.masks)
+        picks = [np.array([i for i, s in enumerate(tr.samples) if s.source == src], dtype=np.int64) for src in sources]
+        picks = [p for p in picks if len(p)]
+        parts = [tfdata.from_arrays(tr.images[p], tr.masks[p]) for p in picks]
+        sizes = [len(p) for p in picks]
         val_raw = tfdata.from_arrays(va.images, va.masks) if n_val else None
     else:
         bad: list[tuple[Path, str]] = []
         n_train, n_val = len(train_samples), len(val_samples)
-        train_raw = tfdata.from_files(train_samples, load_size, on_error=lambda p, r: bad.append((p, r)))
+        by_source = [[s for s in train_samples if s.source == src] for src in sources]
+        parts = [tfdata.from_files(group, load_size, on_error=lambda p, r: bad.append((p, r))) for group in by_source]
+        sizes = [len(group) for group in by_source]
         val_raw = tfdata.from_files(val_samples, cfg.size, on_error=lambda p, r: bad.append((p, r))) if n_val else None
+    if len(sizes) > 1 and cfg.source_weighting != "none":
+        share = np.array(sizes, float) ** {"sqrt": 0.5, "equal": 0.0}[cfg.source_weighting]
+        report("sources drawn per epoch: " + ", ".join(
+            f"{src} {n} pairs {100 * w:.0f}%" for src, n, w in zip(sources, sizes, share / share.sum())))
+    train_raw = tfdata.mix_sources(parts, sizes, cfg.source_weighting, cfg.seed, shuffle=2048) if n_train else None
     with open(run / "skipped.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "reason"])
@@ -284,7 +331,7 @@ def train(
     # Replicas need equal shares of every batch: round the batch up and drop ragged last batches.
     batch = -(-cfg.batch_size // replicas) * replicas
     ragged_ok = replicas == 1
-    train_ds = tfdata.training_pipeline(train_raw, cfg.size, batch, aug, cfg.seed, shuffle=min(n_train, 2048),
+    train_ds = tfdata.training_pipeline(train_raw, cfg.size, batch, aug, cfg.seed,
                                         drop_remainder=not ragged_ok and n_train >= batch)
     val_batch = batch if ragged_ok else min(batch, n_val // replicas * replicas)
     if val_raw is not None and val_batch == 0:
@@ -297,7 +344,7 @@ def train(
         if resume:
             model = keras.saving.load_model(run / "checkpoints" / "last.keras", safe_mode=True)
         else:
-            model = build_unet(cfg.model_config())
+            model = build_unet(cfg.model_config()) if not cfg.init else _init_model(cfg, Path(cfg.init))
             model.compile(
                 optimizer=keras.optimizers.Adam(cfg.lr),
                 loss=SegmentationLoss(dice_weight=cfg.dice_weight),

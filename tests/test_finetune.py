@@ -1,0 +1,95 @@
+"""Fine-tuning (--init), per-source sampling and copy-paste compositing: the training-data knobs of #5."""
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from bgremove import tfdata  # noqa: E402
+from bgremove.cli import app  # noqa: E402
+from bgremove.runtime import load_runtime  # noqa: E402
+from bgremove.training import TrainConfig, TrainingError, _init_model  # noqa: E402
+
+TINY = ["--encoder", "classic", "--encoder-weights", "none", "--base-filters", "4", "--depth", "2",
+        "--batch-size", "4", "--lr", "0.003"]
+
+
+def _labelled(n: int, label: int) -> tf.data.Dataset:
+    """n uint8 pairs whose pixels all hold ``label``, so a drawn pair tells which source it came from."""
+    images = np.full((n, 4, 4, 3), label, np.uint8)
+    return tfdata.from_arrays(images, images[..., 0])
+
+
+def _drawn(weighting: str, sizes=(900, 100)) -> Counter:
+    parts = [_labelled(n, label) for label, n in enumerate(sizes)]
+    ds = tfdata.mix_sources(parts, list(sizes), weighting, seed=3, shuffle=64)
+    return Counter(int(image[0, 0, 0]) for image, _ in ds.as_numpy_iterator())
+
+
+def test_sqrt_weighting_lifts_a_small_source_and_keeps_the_epoch_length():
+    counts = _drawn("sqrt")
+    assert sum(counts.values()) == 1000
+    # sqrt(100) / (sqrt(900) + sqrt(100)) = 0.25 of the epoch, against its natural 0.10.
+    assert 200 <= counts[1] <= 300, counts
+
+
+def test_none_weighting_is_one_pass_over_every_pair():
+    assert _drawn("none") == Counter({0: 900, 1: 100})
+
+
+def test_equal_weighting_gives_each_source_half():
+    counts = _drawn("equal")
+    assert sum(counts.values()) == 1000 and 440 <= counts[1] <= 560, counts
+
+
+def test_paste_puts_the_first_person_over_the_second_with_the_union_label():
+    a_img = tf.fill([4, 4, 3], 0.9)
+    b_img = tf.fill([4, 4, 3], 0.2)
+    a_m = tf.constant(np.array([[1, 1, 0, 0]] * 4, np.float32)[..., None])
+    b_m = tf.constant(np.array([[0, 0, 0, 1]] * 4, np.float32)[..., None])
+    images, masks = tfdata.paste_pairs(tf.stack([a_img, b_img]), tf.stack([a_m, b_m]), prob=1.0)
+    np.testing.assert_allclose(images[0, 0, :, 0], [0.9, 0.9, 0.2, 0.2])
+    np.testing.assert_allclose(masks[0, 0, :, 0], [1, 1, 0, 1])
+    np.testing.assert_allclose(images[1], b_img)  # the second pair passes unchanged
+    kept_images, kept_masks = tfdata.paste_pairs(tf.stack([a_img, b_img]), tf.stack([a_m, b_m]), prob=0.0)
+    np.testing.assert_allclose(kept_images[0], a_img)
+    np.testing.assert_allclose(kept_masks[0], a_m)
+
+
+def test_init_model_carries_the_weights_to_another_input_size(trained_run: Path):
+    source = trained_run / "model.keras"
+    cfg = TrainConfig(data="-", size=64, encoder="classic", base_filters=4, depth=2)
+    model = _init_model(cfg, source)
+    assert model.input_shape[1:3] == (64, 64)
+    for a, b in zip(model.get_weights(), load_runtime(source).model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    same_size = _init_model(TrainConfig(data="-", size=32, encoder="classic", base_filters=4, depth=2), source)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(same_size.predict(x, verbose=0)[..., 0], load_runtime(source).predict(x), atol=1e-5)
+
+    with pytest.raises(TrainingError, match="do not match"):
+        _init_model(TrainConfig(data="-", size=32, encoder="classic", base_filters=8, depth=2), source)
+
+
+def test_cli_fine_tunes_from_a_model_and_rejects_bad_init_files(trained_run: Path, manifest_data: Path,
+                                                                  tmp_path: Path):
+    runner = CliRunner()
+    run = tmp_path / "ft"
+    result = runner.invoke(app, ["train", "--data", str(manifest_data), "--out", str(run), "--epochs", "1",
+                                 "--size", "48", "--init", str(trained_run / "model.keras"), *TINY])
+    assert result.exit_code == 0, result.output
+    assert "sources drawn per epoch: a 6 pairs" in result.output
+    assert (run / "model.tflite").is_file()
+    assert '"init":' in (run / "config.json").read_text()
+
+    for bad, reason in [(trained_run / "model.tflite", "needs a .keras model"),
+                        (tmp_path / "missing.keras", "not found")]:
+        result = runner.invoke(app, ["train", "--data", str(manifest_data), "--out", str(tmp_path / "x"),
+                                     "--init", str(bad), *TINY])
+        assert result.exit_code == 2 and reason in result.output, result.output
+        assert "Traceback" not in result.output
