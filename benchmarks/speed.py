@@ -218,10 +218,8 @@ def io_floor(files: list[Path], out: Path, workers: int, level: int) -> float:
             im.load()
             im = ImageOps.exif_transpose(im)
             rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
-        rgba = np.empty((*rgb.shape[:2], 4), np.uint8)
-        rgba[..., :3] = rgb
-        rgba[..., 3] = 255
-        ok, buf = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA), [cv2.IMWRITE_PNG_COMPRESSION, level])
+        bgra = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA)  # the cheapest opaque BGRA: one pass, alpha 255
+        ok, buf = cv2.imencode(".png", bgra, [cv2.IMWRITE_PNG_COMPRESSION, level])
         if not ok:
             raise BenchError(f"cannot encode {src}")
         (out / (src.stem + ".png")).write_bytes(buf.tobytes())
