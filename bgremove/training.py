@@ -269,11 +269,14 @@ def train(
         if not (run / "config.json").is_file():
             raise TrainingError(f"{run}: not a run folder (no config.json)")
         saved = json.loads((run / "config.json").read_text())
-        # The saved config wins, except where the data now lives and a new epoch budget.
+        # The saved config wins, except where the data now lives, a new epoch budget and a new patience.
         epochs = cfg.epochs if cfg.epochs != TrainConfig.epochs else saved["epochs"]
-        cfg = TrainConfig(**{**saved, "out": str(run), "data": cfg.data, "epochs": epochs})
+        patience = cfg.patience if cfg.patience != TrainConfig.patience else saved.get("patience", cfg.patience)
+        cfg = TrainConfig(**{**saved, "out": str(run), "data": cfg.data, "epochs": epochs, "patience": patience})
         if (run / "state.json").is_file():
             state = json.loads((run / "state.json").read_text())
+        if state.get("early_stopped") and state.get("wait", 0) < cfg.patience:
+            state["early_stopped"] = False  # more patience given: the run may go on
         if not (run / "checkpoints" / "last.keras").is_file():
             raise TrainingError(f"{run}: no checkpoint to resume from")
     else:

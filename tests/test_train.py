@@ -118,3 +118,25 @@ def test_short_real_training_on_shared_people(people_data: Path, tmp_path: Path,
         print(f"\nreal data, epoch {row['epoch']}: iou {row['iou']}  val_iou {row['val_iou']}  "
               f"train images/s {row['images_per_s']}")
     assert float(rows[-1]["val_iou"]) > 0.6
+
+
+def test_resume_with_more_patience_continues_an_early_stopped_run(folders_data: Path, tmp_path: Path):
+    run = tmp_path / "es"
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "--data", str(folders_data), "--out", str(run), "--epochs", "2",
+                                 "--patience", "1", *TINY])
+    assert result.exit_code == 0, result.output
+    # Make it a run that early stopping ended at epoch 2 of 4 (which epoch stops depends on the data).
+    state = json.loads((run / "state.json").read_text())
+    (run / "state.json").write_text(json.dumps({**state, "wait": 1, "early_stopped": True}))
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "epochs": 4}))
+
+    same = runner.invoke(app, ["train", "--data", str(folders_data), "--resume", str(run)])
+    assert same.exit_code == 0, same.output
+    assert "early-stopped" in same.output and len(history(run)) == 2  # the old patience is spent
+
+    more = runner.invoke(app, ["train", "--data", str(folders_data), "--resume", str(run), "--patience", "5"])
+    assert more.exit_code == 0, more.output
+    assert [int(r["epoch"]) for r in history(run)] == [1, 2, 3, 4]
+    assert json.loads((run / "config.json").read_text())["patience"] == 5
