@@ -114,10 +114,11 @@ def train(
         raise typer.Exit(130)
     if result.status == "nan":
         fail(f"the loss became NaN; the last good checkpoint is in {result.run_dir / 'checkpoints'} (try a lower --lr)", 1)
-    out.print(
-        f"{result.status}: {result.epochs_done} epoch(s), best epoch {best.get('epoch', '-')} "
-        f"(val_iou {best.get('val_iou', float('nan')):.4f}); model: {result.run_dir / 'model.tflite'}"
-    )
+    score = f"val_iou {best.get('val_iou', float('nan')):.4f}"
+    if "val_source_iou" in best:
+        score += f", per-source mean {best['val_source_iou']:.4f}"
+    out.print(f"{result.status}: {result.epochs_done} epoch(s), best epoch {best.get('epoch', '-')} ({score}); "
+              f"model: {result.run_dir / 'model.tflite'}")
 
 
 def _cut_single(

@@ -134,6 +134,62 @@ def plot_curve(history_csv: Path, out_png: Path) -> None:
     plt.close(fig)
 
 
+def _append_history(path: Path, row: dict) -> None:
+    """One row per epoch; a resumed run that logs new columns rewrites the file with the wider header."""
+    rows: list[dict] = []
+    fields = list(row)
+    if path.exists():
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            old_fields = list(reader.fieldnames or [])
+            if set(fields) <= set(old_fields):
+                fields = old_fields
+            else:
+                rows = list(reader)
+                fields = old_fields + [f for f in fields if f not in old_fields]
+    if rows or not path.exists():
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+    with open(path, "a", newline="") as fh:
+        csv.DictWriter(fh, fieldnames=fields, restval="").writerow(row)
+
+
+def _source_iou_callback(val_ds, sources: list[str]):
+    """Validation IoU per source and their mean, as ``val_iou_<source>`` and ``val_source_iou``.
+
+    Keras' val_iou pools every pixel, so 130 close-up portraits outweigh 70 frames of a small
+    full-body figure many times over; the mean over sources weighs each kind of photo the same, and
+    is what early stopping, the learning-rate schedule and the best checkpoint follow.
+    """
+    import keras
+    import numpy as np
+
+    names = sorted(set(sources))
+    index = np.array([names.index(s) for s in sources])
+
+    class SourceIoU(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            inter = np.zeros(len(names))
+            union = np.zeros(len(names))
+            start = 0
+            for images, masks in val_ds:
+                pred = keras.ops.convert_to_numpy(self.model(images, training=False)) >= 0.5
+                truth = keras.ops.convert_to_numpy(masks) >= 0.5
+                which = index[start : start + len(pred)]
+                start += len(pred)
+                np.add.at(inter, which, (pred & truth).sum(axis=(1, 2, 3)))
+                np.add.at(union, which, (pred | truth).sum(axis=(1, 2, 3)))
+            ious = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+            if logs is not None:
+                for name, iou in zip(names, ious):
+                    logs[f"val_iou_{name}"] = float(iou)
+                logs["val_source_iou"] = float(ious.mean())
+
+    return SourceIoU()
+
+
 def _make_callbacks(run: Path, state: dict, monitor: str, train_pairs: int, cfg: TrainConfig, report: Reporter):
     import keras
     import numpy as np
@@ -157,12 +213,7 @@ def _make_callbacks(run: Path, state: dict, monitor: str, train_pairs: int, cfg:
             lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
             row = {"epoch": epoch + 1, **{k: round(float(v), 6) for k, v in logs.items()}, "lr": lr,
                    "seconds": round(seconds, 1), "images_per_s": round(train_pairs / seconds, 2)}
-            new = not history_csv.exists()
-            with open(history_csv, "a", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=list(row))
-                if new:
-                    writer.writeheader()
-                writer.writerow(row)
+            _append_history(history_csv, row)
             with atomic_path(ckpt_dir / "last.keras") as tmp:
                 self.model.save(tmp)
             value = float(logs.get(monitor, np.nan))
@@ -182,6 +233,9 @@ def _make_callbacks(run: Path, state: dict, monitor: str, train_pairs: int, cfg:
             parts = [f"epoch {epoch + 1}/{cfg.epochs}", f"loss {logs.get('loss', 0):.4f}", f"iou {logs.get('iou', 0):.4f}"]
             if "val_iou" in logs:
                 parts.append(f"val_iou {logs['val_iou']:.4f}")
+            if "val_source_iou" in logs:
+                parts.append(f"per source {logs['val_source_iou']:.4f} (" + ", ".join(
+                    f"{k.removeprefix('val_iou_')} {v:.3f}" for k, v in logs.items() if k.startswith("val_iou_")) + ")")
             parts += [f"{seconds:.0f}s", f"{train_pairs / seconds:.1f} img/s"]
             report("  ".join(parts) + ("  *best*" if improved else ""))
             if state["wait"] >= cfg.patience:
@@ -342,6 +396,16 @@ def train(
     val_ds = (tfdata.validation_pipeline(val_raw, cfg.size, val_batch, drop_remainder=not ragged_ok)
               if val_raw is not None and val_batch else None)
     monitor = "val_iou" if val_ds is not None else "iou"
+    extra_callbacks = []
+    val_sources = [smp.source for smp in va.samples] if in_memory and val_ds is not None else []
+    if len(set(val_sources)) > 1:
+        extra_callbacks.append(_source_iou_callback(val_ds, val_sources))
+        monitor = "val_source_iou"
+    if state.get("monitor", "val_iou") != monitor and state.get("best") is not None:
+        # A run resumed with another measure of progress: its old best is not comparable.
+        report(f"now following {monitor} (was {state.get('monitor', 'val_iou')}): the best epoch starts afresh")
+        state.update(best=None, wait=0)
+    state["monitor"] = monitor
 
     with strategy.scope():
         if resume:
@@ -356,7 +420,7 @@ def train(
     initial_epoch = int(state.get("epochs_done", 0))
     if resume:
         report(f"resuming {run} at epoch {initial_epoch + 1}")
-    callbacks = _make_callbacks(run, state, monitor, n_train, cfg, report)
+    callbacks = extra_callbacks + _make_callbacks(run, state, monitor, n_train, cfg, report)
     status = "finished"
     if initial_epoch < cfg.epochs and not state.get("early_stopped"):
         try:

@@ -140,3 +140,23 @@ def test_resume_with_more_patience_continues_an_early_stopped_run(folders_data: 
     assert more.exit_code == 0, more.output
     assert [int(r["epoch"]) for r in history(run)] == [1, 2, 3, 4]
     assert json.loads((run / "config.json").read_text())["patience"] == 5
+
+
+def test_several_sources_are_followed_by_their_mean_iou(tmp_path: Path):
+    """Sources a and b in the manifest: history logs each one's IoU, and the best epoch follows their mean."""
+    from conftest import make_folders
+
+    data = make_folders(tmp_path / "data", n=24, manifest=True)
+    run = tmp_path / "src"
+    result = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(run), "--epochs", "2",
+                                      "--val-split", "0.25", *TINY])
+    assert result.exit_code == 0, result.output
+    assert "per-source mean" in result.output
+    rows = history(run)
+    for row in rows:
+        a, b, mean = float(row["val_iou_a"]), float(row["val_iou_b"]), float(row["val_source_iou"])
+        assert 0.0 <= a <= 1.0 and 0.0 <= b <= 1.0
+        assert abs(mean - (a + b) / 2) < 1e-5
+    state = json.loads((run / "state.json").read_text())
+    assert state["monitor"] == "val_source_iou"
+    assert abs(state["best"] - max(float(r["val_source_iou"]) for r in rows)) < 1e-5
