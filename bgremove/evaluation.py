@@ -39,7 +39,8 @@ class Candidate:
     predict: Callable[[Photo], tuple[np.ndarray, float]]
     render: Callable[[Photo, np.ndarray], np.ndarray]
     # The 8-bit alpha the user gets (after threshold, refine, clean, ...): what the metrics score.
-    final_alpha: Callable[[Photo, np.ndarray], np.ndarray]
+    # Given the rendered output too, so it is not computed twice when the output already carries it.
+    final_alpha: Callable[[Photo, np.ndarray, np.ndarray], np.ndarray]
 
 
 def remover_candidate(remover: Remover, name: str) -> Candidate:
@@ -57,8 +58,11 @@ def remover_candidate(remover: Remover, name: str) -> Candidate:
 
     # Scored on the alpha that `cut` writes, with every option that shapes it, but not cropped.
     as_mask = replace(remover.options, mask=True, bg=None, crop=False)
+    rgba_is_mask = remover.options.has_alpha and not remover.options.crop
 
-    def final_alpha(photo: Photo, alpha: np.ndarray) -> np.ndarray:
+    def final_alpha(photo: Photo, alpha: np.ndarray, rendered: np.ndarray) -> np.ndarray:
+        if rgba_is_mask:  # the cutout's own alpha channel: refine, clean, ... are not run a second time
+            return rendered[..., 3]
         return remover.finish(photo, alpha, as_mask).pixels
 
     return Candidate(name, predict, remover.render, final_alpha)
@@ -72,11 +76,11 @@ def function_candidate(name: str, fn: Callable[[np.ndarray], np.ndarray]) -> Can
         alpha = np.clip(np.asarray(fn(photo.rgb), np.float32), 0, 1)
         return alpha, time.perf_counter() - t0
 
-    def final_alpha(photo: Photo, alpha: np.ndarray) -> np.ndarray:
-        return finish_alpha(alpha, CutOptions())
+    def final_alpha(photo: Photo, alpha: np.ndarray, rendered: np.ndarray) -> np.ndarray:
+        return rendered[..., 3]
 
     def render(photo: Photo, alpha: np.ndarray) -> np.ndarray:
-        return compose_rgba(photo.rgb, final_alpha(photo, alpha))
+        return compose_rgba(photo.rgb, finish_alpha(alpha, CutOptions()))
 
     return Candidate(name, predict, render, final_alpha)
 
@@ -190,7 +194,7 @@ def evaluate(
             encode(rgba, "png", 1)
             pipeline_s = decode_s + time.perf_counter() - t1
             # Scored as written: 8-bit alpha, hard if the model is thresholded (metrics binarise at 0.5).
-            scored = cand.final_alpha(photo, alpha).astype(np.float32) / 255.0
+            scored = cand.final_alpha(photo, alpha, rgba).astype(np.float32) / 255.0
             values = all_metrics(scored, gt, threshold=0.5)
             rows.append({"stem": sample.stem, "source": sample.source, "group": sample.group, "model": cand.name,
                          **{k: round(v, 6) for k, v in values.items()},
