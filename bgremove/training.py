@@ -338,6 +338,8 @@ def train(
             raise TrainingError(f"{run}: already holds a run; pass --resume {run} or choose another --out")
     (run / "checkpoints").mkdir(parents=True, exist_ok=True)
     _write_json(run / "config.json", asdict(cfg))
+    # Before any TensorFlow op: the multi-worker strategy configures collective ops at start-up only.
+    strategy = _strategy(cfg.strategy)
 
     found, train_samples, val_samples = _prepare_data(cfg, run, report)
     load_size = int(round(cfg.size * CACHE_SCALE))
@@ -383,7 +385,6 @@ def train(
         raise TrainingError(f"{cfg.data}: no usable training pairs")
 
     keras.utils.set_random_seed(cfg.seed)
-    strategy = _strategy(cfg.strategy)
     replicas = strategy.num_replicas_in_sync
     # Replicas need equal shares of every batch: round the batch up and drop ragged last batches.
     batch = -(-cfg.batch_size // replicas) * replicas

@@ -105,6 +105,24 @@ print("STATUS", res.status, tf.distribute.MirroredStrategy().num_replicas_in_syn
     assert (tmp_path / "m" / "model.tflite").is_file()
 
 
+def test_multiworker_strategy_with_a_one_worker_cluster(folders_data: Path, tmp_path: Path):
+    """--strategy multiworker reads TF_CONFIG; a cluster of one local worker runs the same training code."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    tf_config = json.dumps({"cluster": {"worker": [f"localhost:{port}"]}, "task": {"type": "worker", "index": 0}})
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_CONFIG": tf_config}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bgremove", "train", "--data", str(folders_data), "--out", str(tmp_path / "mw"),
+         "--epochs", "1", "--strategy", "multiworker", "--val-split", "0.25", *TINY],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+    assert "finished: 1 epoch(s)" in proc.stdout
+    assert (tmp_path / "mw" / "model.tflite").is_file()
+
+
 @pytest.mark.slow
 def test_short_real_training_on_shared_people(people_data: Path, tmp_path: Path, pretrained_encoder):
     """A few minutes on real photos with the ImageNet encoder: validation IoU must clearly beat chance."""
