@@ -110,6 +110,13 @@ def paste_pairs(images: tf.Tensor, masks: tf.Tensor, prob: float):
     return tf.stack([first_img, b_img]), tf.stack([first_m, b_m])
 
 
+def source_shares(sizes: list[int], weighting: str) -> list[float]:
+    """The fraction of each epoch drawn from each source (see mix_sources for the weightings)."""
+    power = {"none": 1.0, "sqrt": 0.5, "equal": 0.0}[weighting]
+    weights = [n**power for n in sizes]
+    return [w / sum(weights) for w in weights]
+
+
 def mix_sources(parts: list[tf.data.Dataset], sizes: list[int], weighting: str, seed: int,
                 shuffle: int) -> tf.data.Dataset:
     """One epoch (as many pairs as there are in all parts) drawn from per-source streams.
@@ -124,21 +131,15 @@ def mix_sources(parts: list[tf.data.Dataset], sizes: list[int], weighting: str, 
         for part in parts[1:]:
             ds = ds.concatenate(part)
         return ds.shuffle(min(total, shuffle), seed=seed, reshuffle_each_iteration=True)
-    power = {"sqrt": 0.5, "equal": 0.0}[weighting]
-    weights = [n**power for n in sizes]
-    weights = [w / sum(weights) for w in weights]
     streams = [part.shuffle(min(n, shuffle), seed=seed + i, reshuffle_each_iteration=True).repeat()
                for i, (part, n) in enumerate(zip(parts, sizes))]
-    return tf.data.Dataset.sample_from_datasets(streams, weights, seed=seed).take(total)
+    return tf.data.Dataset.sample_from_datasets(streams, source_shares(sizes, weighting), seed=seed).take(total)
 
 
 def training_pipeline(
-    ds: tf.data.Dataset, size: int, batch_size: int, aug: AugmentConfig, seed: int, shuffle: int = 0,
-    drop_remainder: bool = False,
+    ds: tf.data.Dataset, size: int, batch_size: int, aug: AugmentConfig, drop_remainder: bool = False,
 ) -> tf.data.Dataset:
-    """``ds`` yields uint8 pairs in training order (see mix_sources); ``shuffle`` > 0 shuffles it here."""
-    if shuffle:
-        ds = ds.shuffle(shuffle, seed=seed, reshuffle_each_iteration=True)
+    """``ds`` yields uint8 pairs already in training order (mix_sources shuffles them)."""
     ds = ds.map(_from_uint8, num_parallel_calls=AUTOTUNE)
     ds = ds.map(lambda i, m: augment(i, m, size, aug), num_parallel_calls=AUTOTUNE)
     if aug.paste_prob > 0:

@@ -164,7 +164,6 @@ def _source_iou_callback(val_ds, sources: list[str]):
     is what early stopping, the learning-rate schedule and the best checkpoint follow.
     """
     import keras
-    import numpy as np
 
     names = sorted(set(sources))
     index = np.array([names.index(s) for s in sources])
@@ -192,7 +191,6 @@ def _source_iou_callback(val_ds, sources: list[str]):
 
 def _make_callbacks(run: Path, state: dict, monitor: str, train_pairs: int, cfg: TrainConfig, report: Reporter):
     import keras
-    import numpy as np
 
     ckpt_dir = run / "checkpoints"
     history_csv = run / "history.csv"
@@ -371,9 +369,9 @@ def train(
         sizes = [len(group) for group in by_source]
         val_raw = tfdata.from_files(val_samples, cfg.size, on_error=lambda p, r: bad.append((p, r))) if n_val else None
     if len(sizes) > 1 and cfg.source_weighting != "none":
-        share = np.array(sizes, float) ** {"sqrt": 0.5, "equal": 0.0}[cfg.source_weighting]
+        shares = tfdata.source_shares(sizes, cfg.source_weighting)
         report("sources drawn per epoch: " + ", ".join(
-            f"{src} {n} pairs {100 * w:.0f}%" for src, n, w in zip(sources, sizes, share / share.sum())))
+            f"{src} {n} pairs {100 * w:.0f}%" for src, n, w in zip(sources, sizes, shares)))
     train_raw = tfdata.mix_sources(parts, sizes, cfg.source_weighting, cfg.seed, shuffle=2048) if n_train else None
     with open(run / "skipped.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
@@ -389,7 +387,7 @@ def train(
     # Replicas need equal shares of every batch: round the batch up and drop ragged last batches.
     batch = -(-cfg.batch_size // replicas) * replicas
     ragged_ok = replicas == 1
-    train_ds = tfdata.training_pipeline(train_raw, cfg.size, batch, aug, cfg.seed,
+    train_ds = tfdata.training_pipeline(train_raw, cfg.size, batch, aug,
                                         drop_remainder=not ragged_ok and n_train >= batch)
     val_batch = batch if ragged_ok else min(batch, n_val // replicas * replicas)
     if val_raw is not None and val_batch == 0:
