@@ -8,7 +8,8 @@ a. Benchmark folder: ``--count`` (default 200) real photos from shared/data/peop
    12-megapixel photos (4000x3000, bicubic upscales of 640x480 photos, JPEG quality 92). All are copies.
 b. I/O floor: what any tool must spend on these files without a model -- decode each photo with Pillow
    (load + EXIF transpose, as bgremove.images.open_photo does), make an opaque RGBA image of it, encode it
-   with cv2.imencode as PNG at the pipeline's compression level (``--png-compression``, default 1), write
+   with cv2.imencode as PNG with the pipeline's settings (bgremove.images.png_params: the Up filter, at
+   the compression level ``--png-compression``, default 1), write
    the file; in a ThreadPoolExecutor with as many workers as ``bgremove cut --workers`` (``--workers``,
    default 2). Measured in this (warm) Python process; files are read once beforehand so the page cache is
    equally warm for (b) and (c). Reported as images/s.
@@ -210,6 +211,8 @@ def io_floor(files: list[Path], out: Path, workers: int, level: int) -> float:
     import numpy as np
     from PIL import Image, ImageOps
 
+    from bgremove.images import png_params
+
     Image.MAX_IMAGE_PIXELS = None
     fresh(out)
 
@@ -219,7 +222,7 @@ def io_floor(files: list[Path], out: Path, workers: int, level: int) -> float:
             im = ImageOps.exif_transpose(im)
             rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
         bgra = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA)  # the cheapest opaque BGRA: one pass, alpha 255
-        ok, buf = cv2.imencode(".png", bgra, [cv2.IMWRITE_PNG_COMPRESSION, level])
+        ok, buf = cv2.imencode(".png", bgra, png_params(level))  # the pipeline's own encoder settings
         if not ok:
             raise BenchError(f"cannot encode {src}")
         (out / (src.stem + ".png")).write_bytes(buf.tobytes())

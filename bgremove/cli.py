@@ -72,6 +72,9 @@ def train(
     ] = "imagenet",
     base_filters: Annotated[int, typer.Option(help="Classic U-Net: filters of the first level.")] = 16,
     depth: Annotated[int, typer.Option(help="Classic U-Net: number of down-sampling levels.")] = 4,
+    decoder_filters: Annotated[
+        str, typer.Option(help="MobileNetV2 decoder widths, 1/16 to full resolution (the last two cost most).")
+    ] = "96,64,48,32,16",
     val_split: Annotated[float, typer.Option(help="Fraction of groups held out for validation.")] = 0.1,
     seed: Annotated[int, typer.Option()] = 0,
     dice_weight: Annotated[float, typer.Option(help="Weight of the Dice term added to BCE (0 = BCE only).")] = 1.0,
@@ -96,10 +99,17 @@ def train(
     from .training import TrainConfig, TrainingError
     from .training import train as run_training
 
+    try:
+        widths = tuple(int(w) for w in decoder_filters.split(","))
+    except ValueError:
+        widths = ()
+    if len(widths) != 5 or min(widths) < 1:
+        fail(f"--decoder-filters: expected five positive widths such as 96,64,48,32,16, got {decoder_filters!r}")
     cfg = TrainConfig(
         data=str(data), out=str(resume or out_dir), layout=layout, epochs=epochs, batch_size=batch_size, size=size,
         lr=lr, encoder=encoder, encoder_weights=encoder_weights, base_filters=base_filters, depth=depth,
-        val_split=val_split, seed=seed, dice_weight=dice_weight, patience=patience, strategy=strategy, cache=cache,
+        decoder_filters=widths, val_split=val_split, seed=seed, dice_weight=dice_weight, patience=patience,
+        strategy=strategy, cache=cache,
         limit=limit, source_weighting=source_weighting, paste_prob=paste_prob, init=str(init or ""),
     )
     try:

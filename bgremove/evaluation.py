@@ -45,16 +45,9 @@ class Candidate:
 
 def remover_candidate(remover: Remover, name: str) -> Candidate:
     """Wrap the cut pipeline so that model time and whole-pipeline time can be told apart."""
-    runtime = remover.runtime
-
     def predict(photo: Photo) -> tuple[np.ndarray, float]:
-        from .pipeline import to_model_input, to_photo_alpha
-
-        batch = to_model_input(photo.rgb, runtime.size)[np.newaxis]
-        t0 = time.perf_counter()
-        small = runtime.predict(batch)[0]
-        seconds = time.perf_counter() - t0
-        return to_photo_alpha(small, *photo.size), seconds
+        alphas, seconds = remover.predict_alphas_timed([photo])
+        return alphas[0], seconds
 
     # Scored on the alpha that `cut` writes, with every option that shapes it, but not cropped.
     as_mask = replace(remover.options, mask=True, bg=None, crop=False)

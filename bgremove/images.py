@@ -126,6 +126,13 @@ def open_photo(source: Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ph
 FORMATS = ("png", "webp", "jpg")
 
 
+def png_params(compression: int) -> list[int]:
+    """OpenCV PNG settings. libpng's default tries five filters on every row and keeps the best; the Up
+    filter alone is 1.5-1.8x faster to encode and gives 2-3 % smaller cutouts (their transparent
+    pixels are zero, so rows repeat), at every compression level."""
+    return [cv2.IMWRITE_PNG_COMPRESSION, compression, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+
+
 def encode(image: np.ndarray, fmt: str = "png", png_compression: int = 1, quality: int = 95) -> bytes:
     """Encode RGB(A) uint8 pixels; PNG and WebP keep the alpha channel, JPEG has none."""
     channels = image.shape[2] if image.ndim == 3 else 1
@@ -136,7 +143,7 @@ def encode(image: np.ndarray, fmt: str = "png", png_compression: int = 1, qualit
     else:
         bgr = image
     if fmt == "png":
-        ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, png_compression])
+        ok, buf = cv2.imencode(".png", bgr, png_params(png_compression))
     elif fmt == "webp":
         # OpenCV writes WebP alpha only losslessly at quality > 100; masks (1 channel) stay exact too.
         lossless = channels in (1, 4)

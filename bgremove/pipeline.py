@@ -12,6 +12,8 @@ step (see the model card for the measurements behind that default); ``threshold`
 
 from __future__ import annotations
 
+import time
+
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Union
@@ -204,11 +206,17 @@ class Remover:
     # -- model
     def predict_alphas(self, photos: list[Photo]) -> list[np.ndarray]:
         """Float alphas at each photo's own resolution, from one batched model call."""
+        return self.predict_alphas_timed(photos)[0]
+
+    def predict_alphas_timed(self, photos: list[Photo]) -> tuple[list[np.ndarray], float]:
+        """The alphas and the seconds of the model call alone (eval reports model and pipeline time apart)."""
         if not photos:
-            return []
+            return [], 0.0
         batch = np.stack([to_model_input(p.rgb, self.runtime.size) for p in photos])
+        t0 = time.perf_counter()
         small = self.runtime.predict(batch)
-        return [to_photo_alpha(a, *p.size) for a, p in zip(small, photos)]
+        seconds = time.perf_counter() - t0
+        return [to_photo_alpha(a, *p.size) for a, p in zip(small, photos)], seconds
 
     # -- outputs
     def finish(self, photo: Photo, alpha: np.ndarray, options: CutOptions | None = None) -> Rendered:

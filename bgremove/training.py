@@ -18,6 +18,7 @@ import csv
 import json
 import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -52,6 +53,9 @@ class TrainConfig:
     encoder_weights: str = "imagenet"
     base_filters: int = 16
     depth: int = 4
+    # MobileNetV2 decoder widths, coarsest (1/16) to finest (1/1); the last two run at 1/2 and full
+    # resolution and cost most of the model's time.
+    decoder_filters: tuple[int, ...] = (96, 64, 48, 32, 16)
     val_split: float = 0.1
     seed: int = 0
     dice_weight: float = 1.0
@@ -75,6 +79,7 @@ class TrainConfig:
             encoder_weights=self.encoder_weights,
             base_filters=self.base_filters,
             depth=self.depth,
+            decoder_filters=tuple(self.decoder_filters),
             bn_momentum=self.bn_momentum,
         )
 
@@ -157,11 +162,14 @@ def _append_history(path: Path, row: dict) -> None:
 
 
 def _source_iou_callback(val_ds, sources: list[str]):
-    """Validation IoU per source and their mean, as ``val_iou_<source>`` and ``val_source_iou``.
+    """The validation pass, with IoU per source and their mean as ``val_iou_<source>`` and ``val_source_iou``.
 
     Keras' val_iou pools every pixel, so 130 close-up portraits outweigh 70 frames of a small
     full-body figure many times over; the mean over sources weighs each kind of photo the same, and
-    is what early stopping, the learning-rate schedule and the best checkpoint follow.
+    is what early stopping, the learning-rate schedule and the best checkpoint follow. The pooled
+    val_loss, val_accuracy and val_iou come from the same predictions, so fit() runs no validation.
+    Prediction and mask are both cut at 0.5, as ``bgremove eval`` does (Keras' own accuracy and IoU
+    count a resized mask's soft edge pixels as background or as errors).
     """
     import keras
 
@@ -172,16 +180,24 @@ def _source_iou_callback(val_ds, sources: list[str]):
         def on_epoch_end(self, epoch, logs=None):
             inter = np.zeros(len(names))
             union = np.zeros(len(names))
+            loss_sum = correct = pixels = 0.0
             start = 0
             for images, masks in val_ds:
-                pred = keras.ops.convert_to_numpy(self.model(images, training=False)) >= 0.5
+                probs = self.model(images, training=False)
+                loss_sum += float(self.model.loss(masks, probs)) * len(probs)
+                pred = keras.ops.convert_to_numpy(probs) >= 0.5
                 truth = keras.ops.convert_to_numpy(masks) >= 0.5
+                correct += float((pred == truth).sum())
+                pixels += pred.size
                 which = index[start : start + len(pred)]
                 start += len(pred)
                 np.add.at(inter, which, (pred & truth).sum(axis=(1, 2, 3)))
                 np.add.at(union, which, (pred | truth).sum(axis=(1, 2, 3)))
             ious = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
             if logs is not None:
+                logs["val_loss"] = loss_sum / max(start, 1)
+                logs["val_accuracy"] = correct / max(pixels, 1)
+                logs["val_iou"] = float(inter.sum() / max(union.sum(), 1))
                 for name, iou in zip(names, ious):
                     logs[f"val_iou_{name}"] = float(iou)
                 logs["val_source_iou"] = float(ious.mean())
@@ -274,8 +290,12 @@ def _check_init(path: Path) -> None:
         raise TrainingError(f"{path}: --init needs a .keras model (a .tflite file holds no trainable weights)")
 
 
-def _init_model(cfg: TrainConfig, path: Path):
-    """A fresh U-Net of cfg's shape carrying the weights of the model in ``path`` (any input size)."""
+def _init_model(cfg: TrainConfig, path: Path, report: Reporter = lambda _: None):
+    """A fresh U-Net of cfg's shape carrying the weights of the model in ``path`` (any input size).
+
+    Layers are matched by name; those whose shapes differ (a narrower decoder, say) start fresh, so a
+    model can be fine-tuned into a cheaper or wider variant of itself. The encoder must carry over whole.
+    """
     import keras
 
     from .model import build_unet
@@ -285,11 +305,24 @@ def _init_model(cfg: TrainConfig, path: Path):
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
         raise TrainingError(f"{path}: cannot load the --init model ({type(exc).__name__}: {exc})") from None
     model = build_unet(replace(cfg.model_config(), encoder_weights="none"))
-    theirs, ours = source.get_weights(), model.get_weights()
-    if len(theirs) != len(ours) or any(a.shape != b.shape for a, b in zip(theirs, ours)):
+    theirs = {layer.name: layer for layer in source.layers if layer.weights}
+    carried, fresh = [], []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        other = theirs.get(layer.name)
+        if other is not None and [w.shape for w in other.weights] == [w.shape for w in layer.weights]:
+            layer.set_weights(other.get_weights())
+            carried.append(layer.name)
+        else:
+            fresh.append(layer.name)
+    encoder_fresh = [name for name in fresh if not name.startswith(("dec", "alpha"))]
+    if encoder_fresh or not carried:
         raise TrainingError(f"{path}: its layers do not match a {cfg.encoder} U-Net as configured "
                             f"(give the --encoder/--base-filters/--depth it was trained with)")
-    model.set_weights(theirs)
+    if fresh:
+        levels = sorted({re.sub(r"_(conv|bn)\d+$", "", name) for name in fresh})
+        report(f"init: {len(carried)} layers from {path}; new (trained from scratch): {', '.join(levels)}")
     return model
 
 
@@ -410,7 +443,7 @@ def train(
         if resume:
             model = keras.saving.load_model(run / "checkpoints" / "last.keras", safe_mode=True)
         else:
-            model = build_unet(cfg.model_config()) if not cfg.init else _init_model(cfg, Path(cfg.init))
+            model = build_unet(cfg.model_config()) if not cfg.init else _init_model(cfg, Path(cfg.init), report)
             model.compile(
                 optimizer=keras.optimizers.Adam(cfg.lr),
                 loss=SegmentationLoss(dice_weight=cfg.dice_weight),
@@ -423,7 +456,9 @@ def train(
     status = "finished"
     if initial_epoch < cfg.epochs and not state.get("early_stopped"):
         try:
-            model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
+            # With the per-source callback, it makes the validation pass itself (one pass, not two).
+            model.fit(train_ds, validation_data=None if extra_callbacks else val_ds, epochs=cfg.epochs,
+                      initial_epoch=initial_epoch,
                       callbacks=callbacks, verbose=1 if live_bar else 0, shuffle=False)
         except KeyboardInterrupt:
             # Keep this epoch's progress; the epoch counter stays at the last completed epoch.

@@ -93,3 +93,27 @@ def test_cli_fine_tunes_from_a_model_and_rejects_bad_init_files(trained_run: Pat
                                      "--init", str(bad), *TINY])
         assert result.exit_code == 2 and reason in result.output, result.output
         assert "Traceback" not in result.output
+
+
+def test_init_model_carries_what_matches_into_a_narrower_decoder(tmp_path: Path):
+    from bgremove.model import ModelConfig, build_unet
+
+    source = tmp_path / "wide.keras"
+    wide = build_unet(ModelConfig(size=32, encoder_weights="none"))
+    wide.save(source)
+    lines: list[str] = []
+    cfg = TrainConfig(data="-", size=64, encoder_weights="none", decoder_filters=(96, 64, 48, 16, 8))
+    narrow = _init_model(cfg, source, report=lines.append)
+    assert len(lines) == 1 and lines[0].endswith("new (trained from scratch): alpha, dec3, dec_full"), lines
+    for name in ("Conv1", "block_16_project", "dec0_conv1", "dec2_bn2"):
+        for a, b in zip(narrow.get_layer(name).get_weights(), wide.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    assert narrow.get_layer("dec_full_conv2").get_weights()[-1].shape[-1] == 8
+    x = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+    assert narrow.predict(x, verbose=0).shape == (1, 64, 64, 1)
+
+
+def test_cli_rejects_bad_decoder_widths(tmp_path: Path):
+    result = CliRunner().invoke(app, ["train", "--data", str(tmp_path), "--decoder-filters", "96,64,x"])
+    assert result.exit_code == 2 and "--decoder-filters: expected five positive widths" in result.output
+    assert "Traceback" not in result.output

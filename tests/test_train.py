@@ -178,3 +178,33 @@ def test_several_sources_are_followed_by_their_mean_iou(tmp_path: Path):
     state = json.loads((run / "state.json").read_text())
     assert state["monitor"] == "val_source_iou"
     assert abs(state["best"] - max(float(r["val_source_iou"]) for r in rows)) < 1e-5
+
+
+def test_the_per_source_pass_gives_what_keras_validation_gives():
+    """fit() runs no validation of its own when the per-source callback does the pass: same figures."""
+    import keras
+    import tensorflow as tf
+
+    from bgremove.model import ModelConfig, SegmentationLoss, build_unet, segmentation_metrics
+    from bgremove.training import _source_iou_callback
+
+    rng = np.random.default_rng(1)
+    images = rng.uniform(0, 255, (10, 32, 32, 3)).astype("float32")
+    masks = (rng.uniform(size=(10, 32, 32, 1)) > 0.6).astype("float32")
+    val_ds = tf.data.Dataset.from_tensor_slices((images, masks)).batch(4)
+    model = build_unet(ModelConfig(encoder="classic", size=32, base_filters=4, depth=2))
+    model.compile(loss=SegmentationLoss(dice_weight=1.0), metrics=segmentation_metrics())
+    callback = _source_iou_callback(val_ds, ["a"] * 6 + ["b"] * 4)
+    callback.set_model(model)
+    logs: dict = {}
+    callback.on_epoch_end(0, logs)
+    keras_logs = model.evaluate(val_ds, verbose=0, return_dict=True)
+    assert logs["val_loss"] == pytest.approx(keras_logs["loss"], rel=1e-4)
+    assert logs["val_iou"] == pytest.approx(keras_logs["iou"], abs=1e-6)  # binary masks: the same IoU
+    pred = keras.ops.convert_to_numpy(model(images, training=False)) >= 0.5
+    truth = masks >= 0.5
+    assert logs["val_accuracy"] == pytest.approx((pred == truth).mean(), abs=1e-9)
+    a, b = slice(0, 6), slice(6, 10)
+    assert logs["val_iou_a"] == pytest.approx((pred[a] & truth[a]).sum() / (pred[a] | truth[a]).sum())
+    assert logs["val_iou_b"] == pytest.approx((pred[b] & truth[b]).sum() / (pred[b] | truth[b]).sum())
+    assert logs["val_source_iou"] == pytest.approx((logs["val_iou_a"] + logs["val_iou_b"]) / 2)
