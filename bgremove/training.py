@@ -323,7 +323,35 @@ def _init_model(cfg: TrainConfig, path: Path, report: Reporter = lambda _: None)
     if fresh:
         levels = sorted({re.sub(r"_(conv|bn)\d+$", "", name) for name in fresh})
         report(f"init: {len(carried)} layers from {path}; new (trained from scratch): {', '.join(levels)}")
-    return model
+    return model, fresh
+
+
+def _warm_up(model, fresh: list[str], train_ds, cfg: TrainConfig, report: Reporter, verbose: int = 0) -> None:
+    """One pass over the data training only the layers --init could not fill, at 10x the learning rate.
+
+    New layers start from small random weights, so the model's output sits near 0.5 everywhere; at a
+    fine-tuning learning rate they take tens of epochs to grow confident, and meanwhile their gradients
+    shake the trained layers. As in keras.io's transfer-learning guide: train the new part alone first.
+    Not an epoch of the run: nothing is checkpointed until the first real epoch ends.
+    """
+    import keras
+
+    from .model import SegmentationLoss
+
+    was = {layer.name: layer.trainable for layer in model.layers}
+    for layer in model.layers:
+        layer.trainable = layer.name in fresh  # frozen batch-norm layers also keep their statistics
+    model.compile(optimizer=keras.optimizers.Adam(cfg.lr * 10), loss=SegmentationLoss(dice_weight=cfg.dice_weight))
+    t0 = time.perf_counter()
+    try:
+        history = model.fit(train_ds, epochs=1, verbose=verbose, shuffle=False)
+    except KeyboardInterrupt:
+        raise TrainingError("interrupted while warming up the new layers; nothing was saved yet") from None
+    finally:
+        for layer in model.layers:
+            layer.trainable = was[layer.name]
+    report(f"warm-up: the new layers alone, one pass at lr {cfg.lr * 10:.1e}: "
+           f"loss {history.history['loss'][-1]:.4f} ({time.perf_counter() - t0:.0f}s)")
 
 
 def train(
@@ -443,7 +471,12 @@ def train(
         if resume:
             model = keras.saving.load_model(run / "checkpoints" / "last.keras", safe_mode=True)
         else:
-            model = build_unet(cfg.model_config()) if not cfg.init else _init_model(cfg, Path(cfg.init), report)
+            if cfg.init:
+                model, fresh = _init_model(cfg, Path(cfg.init), report)
+                if fresh:
+                    _warm_up(model, fresh, train_ds, cfg, report, verbose=1 if live_bar else 0)
+            else:
+                model = build_unet(cfg.model_config())
             model.compile(
                 optimizer=keras.optimizers.Adam(cfg.lr),
                 loss=SegmentationLoss(dice_weight=cfg.dice_weight),

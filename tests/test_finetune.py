@@ -13,7 +13,7 @@ from typer.testing import CliRunner  # noqa: E402
 from bgremove import tfdata  # noqa: E402
 from bgremove.cli import app  # noqa: E402
 from bgremove.runtime import load_runtime  # noqa: E402
-from bgremove.training import TrainConfig, TrainingError, _init_model  # noqa: E402
+from bgremove.training import TrainConfig, TrainingError, _init_model, _warm_up  # noqa: E402
 
 TINY = ["--encoder", "classic", "--encoder-weights", "none", "--base-filters", "4", "--depth", "2",
         "--batch-size", "4", "--lr", "0.003"]
@@ -64,11 +64,12 @@ def test_paste_puts_the_first_person_over_the_second_with_the_union_label():
 def test_init_model_carries_the_weights_to_another_input_size(trained_run: Path):
     source = trained_run / "model.keras"
     cfg = TrainConfig(data="-", size=64, encoder="classic", base_filters=4, depth=2)
-    model = _init_model(cfg, source)
+    model, fresh = _init_model(cfg, source)
+    assert fresh == []
     assert model.input_shape[1:3] == (64, 64)
     for a, b in zip(model.get_weights(), load_runtime(source).model.get_weights()):
         np.testing.assert_array_equal(a, b)
-    same_size = _init_model(TrainConfig(data="-", size=32, encoder="classic", base_filters=4, depth=2), source)
+    same_size, _ = _init_model(TrainConfig(data="-", size=32, encoder="classic", base_filters=4, depth=2), source)
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(same_size.predict(x, verbose=0)[..., 0], load_runtime(source).predict(x), atol=1e-5)
 
@@ -103,7 +104,8 @@ def test_init_model_carries_what_matches_into_a_narrower_decoder(tmp_path: Path)
     wide.save(source)
     lines: list[str] = []
     cfg = TrainConfig(data="-", size=64, encoder_weights="none", decoder_filters=(96, 64, 48, 16, 8))
-    narrow = _init_model(cfg, source, report=lines.append)
+    narrow, fresh = _init_model(cfg, source, report=lines.append)
+    assert {"alpha", "dec3_conv1", "dec_full_bn2"} <= set(fresh) and "dec2_conv1" not in fresh
     assert len(lines) == 1 and lines[0].endswith("new (trained from scratch): alpha, dec3, dec_full"), lines
     for name in ("Conv1", "block_16_project", "dec0_conv1", "dec2_bn2"):
         for a, b in zip(narrow.get_layer(name).get_weights(), wide.get_layer(name).get_weights()):
@@ -117,3 +119,25 @@ def test_cli_rejects_bad_decoder_widths(tmp_path: Path):
     result = CliRunner().invoke(app, ["train", "--data", str(tmp_path), "--decoder-filters", "96,64,x"])
     assert result.exit_code == 2 and "--decoder-filters: expected five positive widths" in result.output
     assert "Traceback" not in result.output
+
+
+def test_warm_up_trains_only_the_new_layers_and_unfreezes_them_all(tmp_path: Path):
+    from bgremove.model import ModelConfig, build_unet
+
+    source = tmp_path / "wide.keras"
+    build_unet(ModelConfig(size=32, encoder_weights="none")).save(source)
+    cfg = TrainConfig(data="-", size=32, encoder_weights="none", decoder_filters=(96, 64, 48, 16, 8), lr=1e-3)
+    model, fresh = _init_model(cfg, source)
+    before = {layer.name: [w.copy() for w in layer.get_weights()] for layer in model.layers if layer.weights}
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    masks = (images[..., :1] > 128).astype("float32")
+    lines: list[str] = []
+    _warm_up(model, fresh, tf.data.Dataset.from_tensor_slices((images, masks)).batch(4), cfg, lines.append)
+    assert len(lines) == 1 and lines[0].startswith("warm-up: the new layers alone, one pass at lr 1.0e-02")
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        assert layer.trainable
+        same = all(np.array_equal(a, b) for a, b in zip(before[layer.name], layer.get_weights()))
+        assert same == (layer.name not in fresh), layer.name  # batch-norm statistics of frozen layers too
