@@ -223,11 +223,14 @@ def run(
         summary.add(result.status)
         on_result(result)
 
-    def load(job: Job):
-        return open_photo(job.src, remover.max_pixels)
+    # The workers decode and shrink (load), and upscale, render and encode (save); the main thread
+    # only runs the model and never waits on work a worker could do.
+    def load(job: Job) -> tuple[Photo, object]:
+        photo = open_photo(job.src, remover.max_pixels)
+        return photo, remover.model_input(photo)
 
-    def save(job: Job, photo: Photo, alpha) -> str:
-        rendered = remover.finish(photo, alpha)
+    def save(job: Job, photo: Photo, small) -> str:
+        rendered = remover.finish(photo, remover.photo_alpha(photo, small))
         data = encode(rendered.pixels, opts.fmt, opts.png_compression)
         write_atomic(job.dst, data)
         return "; ".join(filter(None, [job.note, *rendered.notes]))
@@ -254,17 +257,21 @@ def run(
                 refill = todo[next_index : next_index + len(batch)]
                 loads += [(j, pool.submit(load, j)) for j in refill]
                 next_index += len(refill)
-                photos, ready = [], []
+                photos, inputs, ready = [], [], []
                 for job, fut in batch:
                     try:
-                        photos.append(fut.result())
+                        photo, model_input = fut.result()
+                        photos.append(photo)
+                        inputs.append(model_input)
                         ready.append(job)
                     except Exception as exc:  # noqa: BLE001
                         failed = Future()
                         failed.set_exception(exc)
                         finish(job, failed)
+                if not photos:
+                    continue
                 try:
-                    alphas = remover.predict_alphas(photos)
+                    alphas = remover.predict_small(inputs)
                 except Exception as exc:  # noqa: BLE001 - e.g. out of memory on a huge batch
                     for job in ready:
                         failed = Future()

@@ -204,6 +204,21 @@ class Remover:
         raise TypeError(f"unsupported image type {type(image).__name__}")
 
     # -- model
+    # Three steps, so that a batch can run the first and last in worker threads and keep only the
+    # model call on its main thread: model_input -> predict_small -> photo_alpha.
+    def model_input(self, photo: Photo) -> np.ndarray:
+        """The photo as the model takes it (resized to the model's size, float32)."""
+        return to_model_input(photo.rgb, self.runtime.size)
+
+    def predict_small(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """One batched model call on model_input() arrays -> alphas at the model's size."""
+        return self.runtime.predict(np.stack(inputs))
+
+    @staticmethod
+    def photo_alpha(photo: Photo, small: np.ndarray) -> np.ndarray:
+        """A model-size alpha -> float alpha at the photo's own resolution, in [0, 1]."""
+        return to_photo_alpha(small, *photo.size)
+
     def predict_alphas(self, photos: list[Photo]) -> list[np.ndarray]:
         """Float alphas at each photo's own resolution, from one batched model call."""
         return self.predict_alphas_timed(photos)[0]
@@ -212,11 +227,11 @@ class Remover:
         """The alphas and the seconds of the model call alone (eval reports model and pipeline time apart)."""
         if not photos:
             return [], 0.0
-        batch = np.stack([to_model_input(p.rgb, self.runtime.size) for p in photos])
+        inputs = [self.model_input(p) for p in photos]
         t0 = time.perf_counter()
-        small = self.runtime.predict(batch)
+        small = self.predict_small(inputs)
         seconds = time.perf_counter() - t0
-        return [to_photo_alpha(a, *p.size) for a, p in zip(small, photos)], seconds
+        return [self.photo_alpha(p, a) for a, p in zip(small, photos)], seconds
 
     # -- outputs
     def finish(self, photo: Photo, alpha: np.ndarray, options: CutOptions | None = None) -> Rendered:

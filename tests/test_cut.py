@@ -52,6 +52,24 @@ def test_cut_one_photo_keeps_size_and_colours(tmp_path: Path, tiny_tflite: Path)
     assert "1 written, 0 skipped, 0 failed" in result.output
 
 
+def test_a_threaded_batch_writes_what_one_photo_at_a_time_writes(tmp_path: Path, tiny_tflite: Path):
+    """Workers resize and encode, the main thread runs the model: the same pixels as Remover.cut, and a bad
+    file fails alone."""
+    sizes = [(48, 64), (90, 70), (33, 120), (64, 64), (100, 41), (56, 77), (70, 90)]
+    for i, size in enumerate(sizes):
+        write_photo(tmp_path / "in" / f"p{i}.png", seed=i, size=size)
+    (tmp_path / "in" / "p3b.png").write_bytes(b"not a png")  # a bad file between good ones
+    result = runner.invoke(app, ["cut", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model",
+                                 str(tiny_tflite), "--workers", "3", "--batch-size", "3"])
+    assert result.exit_code == 1, result.output
+    assert f"{len(sizes)} written, 0 skipped, 1 failed" in result.output
+    assert "p3b.png" in result.output and "Traceback" not in result.output
+    remover = Remover(tiny_tflite)
+    for i in range(len(sizes)):
+        one = np.asarray(remover.cut(tmp_path / "in" / f"p{i}.png"))
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / f"p{i}.png")), one)
+
+
 def test_the_tiny_model_finds_the_figure(tmp_path: Path, tiny_tflite: Path):
     bgr, mask = synthetic_pair(7, 48, 64)
     alpha = Remover(tiny_tflite).alpha(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
