@@ -268,8 +268,6 @@ def run(
                         failed = Future()
                         failed.set_exception(exc)
                         finish(job, failed)
-                if not photos:
-                    continue
                 try:
                     alphas = remover.predict_small(inputs)
                 except Exception as exc:  # noqa: BLE001 - e.g. out of memory on a huge batch

@@ -13,7 +13,6 @@ step (see the model card for the measurements behind that default); ``threshold`
 from __future__ import annotations
 
 import time
-
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Union
@@ -211,7 +210,9 @@ class Remover:
         return to_model_input(photo.rgb, self.runtime.size)
 
     def predict_small(self, inputs: list[np.ndarray]) -> np.ndarray:
-        """One batched model call on model_input() arrays -> alphas at the model's size."""
+        """One batched model call on model_input() arrays -> alphas at the model's size (none for none)."""
+        if not inputs:
+            return np.zeros((0, *self.runtime.size), np.float32)
         return self.runtime.predict(np.stack(inputs))
 
     @staticmethod
@@ -225,8 +226,6 @@ class Remover:
 
     def predict_alphas_timed(self, photos: list[Photo]) -> tuple[list[np.ndarray], float]:
         """The alphas and the seconds of the model call alone (eval reports model and pipeline time apart)."""
-        if not photos:
-            return [], 0.0
         inputs = [self.model_input(p) for p in photos]
         t0 = time.perf_counter()
         small = self.predict_small(inputs)

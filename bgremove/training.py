@@ -458,7 +458,8 @@ def train(
     monitor = "val_iou" if val_ds is not None else "iou"
     extra_callbacks = []
     val_sources = [smp.source for smp in va.samples] if in_memory and val_ds is not None else []
-    if len(set(val_sources)) > 1:
+    per_source = len(set(val_sources)) > 1
+    if per_source:
         extra_callbacks.append(_source_iou_callback(val_ds, val_sources))
         monitor = "val_source_iou"
     if state.get("monitor", "val_iou") != monitor and state.get("best") is not None:
@@ -489,8 +490,8 @@ def train(
     status = "finished"
     if initial_epoch < cfg.epochs and not state.get("early_stopped"):
         try:
-            # With the per-source callback, it makes the validation pass itself (one pass, not two).
-            model.fit(train_ds, validation_data=None if extra_callbacks else val_ds, epochs=cfg.epochs,
+            # With several sources, the per-source callback makes the validation pass (one pass, not two).
+            model.fit(train_ds, validation_data=None if per_source else val_ds, epochs=cfg.epochs,
                       initial_epoch=initial_epoch,
                       callbacks=callbacks, verbose=1 if live_bar else 0, shuffle=False)
         except KeyboardInterrupt:
