@@ -75,6 +75,9 @@ def train(
     decoder_filters: Annotated[
         str, typer.Option(help="MobileNetV2 decoder widths, 1/16 to full resolution (the last two cost most).")
     ] = "96,64,48,32,16",
+    head: Annotated[
+        str, typer.Option(help="MobileNetV2 full-resolution level: unet (a decoder block) or light (~30% faster).")
+    ] = "unet",
     val_split: Annotated[float, typer.Option(help="Fraction of groups held out for validation.")] = 0.1,
     seed: Annotated[int, typer.Option()] = 0,
     dice_weight: Annotated[float, typer.Option(help="Weight of the Dice term added to BCE (0 = BCE only).")] = 1.0,
@@ -91,6 +94,9 @@ def train(
     init: Annotated[
         Optional[Path], typer.Option(help="Fine-tune from this .keras model (e.g. weights/bgremove.keras).")
     ] = None,
+    quantize: Annotated[
+        str, typer.Option(help="model.tflite as int8 (calibrated on training photos; faster) or none (float32).")
+    ] = "int8",
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder.")] = None,
 ) -> None:
     """Train the U-Net on image/mask pairs."""
@@ -108,9 +114,10 @@ def train(
     cfg = TrainConfig(
         data=str(data), out=str(resume or out_dir), layout=layout, epochs=epochs, batch_size=batch_size, size=size,
         lr=lr, encoder=encoder, encoder_weights=encoder_weights, base_filters=base_filters, depth=depth,
-        decoder_filters=widths, val_split=val_split, seed=seed, dice_weight=dice_weight, patience=patience,
+        decoder_filters=widths, head=head, val_split=val_split, seed=seed, dice_weight=dice_weight, patience=patience,
         strategy=strategy, cache=cache,
         limit=limit, source_weighting=source_weighting, paste_prob=paste_prob, init=str(init or ""),
+        quantize=quantize,
     )
     try:
         result = run_training(cfg, report=lambda line: out.print(line, highlight=False), resume=resume is not None,
@@ -333,6 +340,51 @@ def _model_labels(models: list[Path]) -> list[str]:
         return names
     labels = [str(m) for m in models]
     return [label if labels.count(label) == 1 else f"{label} #{i + 1}" for i, label in enumerate(labels)]
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Argument(help="A .keras model (e.g. a run's model.keras).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The .tflite file to write.")],
+    calibrate: Annotated[
+        Optional[list[Path]],
+        typer.Option(help="Photos or folders like those you will cut: int8 ranges are measured on them. "
+                          "Without them the model stays float32."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Calibrate on at most N photos, spread over the set.")] = 128,
+) -> None:
+    """Convert a .keras model to a LiteRT .tflite model for `cut` (int8 when given photos to calibrate on)."""
+    _need_tensorflow("export")
+    from .batch import plan
+    from .runtime import ModelError, load_runtime
+
+    if model.suffix.lower() != ".keras":
+        fail(f"{model}: export needs a .keras model")
+    if output.suffix.lower() != ".tflite":
+        fail(f"{output}: the output must be a .tflite file")
+    found = plan([str(p) for p in calibrate or []], None)
+    for item, reason in found.errors:
+        fail(f"{item}: {reason}")
+    if calibrate and not found.jobs:
+        fail(f"{', '.join(map(str, calibrate))}: no photos to calibrate on")
+    try:
+        keras_model = load_runtime(model).model
+    except ModelError as exc:
+        fail(str(exc))
+    from .model import calibration_inputs, export_tflite
+
+    calibration = None
+    if calibrate:
+        try:
+            calibration = calibration_inputs([job.src for job in found.jobs], tuple(keras_model.input_shape[1:3]), limit)
+        except ValueError as exc:
+            fail(f"{', '.join(map(str, calibrate))}: {exc}")
+    try:
+        export_tflite(keras_model, output, calibration)
+    except (ValueError, OSError) as exc:
+        fail(f"{output}: {exc}")
+    kind = f"int8, calibrated on {len(calibration)} photo(s)" if calibration is not None else "float32"
+    out.print(f"wrote {output} ({kind}, {output.stat().st_size / 1e6:.1f} MB)")
 
 
 @app.command(name="eval")

@@ -18,9 +18,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import layers
 
 ENCODERS = ("mobilenetv2", "classic")
+HEADS = ("unet", "light")
 
 # MobileNetV2 layers whose outputs feed the decoder, finest first (1/2, 1/4, 1/8, 1/16), and the bottleneck (1/32).
 MOBILENET_SKIPS = ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu")
@@ -39,6 +41,10 @@ class ModelConfig:
     base_filters: int = 16
     depth: int = 4
     encoder_weights: str = "none"  # "imagenet", "none" or a path to a .weights.h5 file
+    # MobileNetV2 full-resolution level: "unet" is a full decoder block on the upsampled features and the
+    # RGB input; "light" squeezes the features to 8 channels before upsampling and refines them with one
+    # separable conv, for ~30 % less model time (the full-resolution block is half of the int8 model's time).
+    head: str = "unet"
     # Batch-norm momentum of every layer. Keras' MobileNetV2 uses 0.999, whose moving statistics lag
     # fine-tuned weights by thousands of steps, so inference-mode accuracy trails training badly.
     bn_momentum: float = 0.9
@@ -112,7 +118,17 @@ def _mobilenet_unet(cfg: ModelConfig, inputs):
         x = _up_block(x, skip, filters, f"dec{i}", separable=True)
     # Last level at full resolution: the RGB input itself is the skip, so edges can follow the photo.
     rgb = layers.Rescaling(1 / 255.0, name="rgb_skip")(inputs)
-    return _up_block(x, rgb, cfg.decoder_filters[-1], "dec_full", separable=True)
+    if cfg.head == "unet":
+        return _up_block(x, rgb, cfg.decoder_filters[-1], "dec_full", separable=True)
+    # Light head: few channels cross to full resolution, where every op costs 4x the half-resolution one.
+    x = layers.Conv2D(8, 1, use_bias=False, name="head_squeeze")(x)
+    x = layers.BatchNormalization(name="head_squeeze_bn")(x)
+    x = layers.ReLU(name="head_squeeze_relu")(x)
+    x = layers.UpSampling2D(2, interpolation="bilinear", name="head_up")(x)
+    x = layers.Concatenate(name="head_concat")([x, rgb])
+    x = layers.SeparableConv2D(cfg.decoder_filters[-1], 3, padding="same", use_bias=False, name="head_conv")(x)
+    x = layers.BatchNormalization(name="head_bn")(x)
+    return layers.ReLU(name="head_relu")(x)
 
 
 def _classic_unet(cfg: ModelConfig, inputs):
@@ -132,6 +148,8 @@ def build_unet(cfg: ModelConfig) -> keras.Model:
     """Build the U-Net for ``cfg``; input (size, size, 3) RGB in [0, 255], output (size, size, 1) alpha."""
     if cfg.encoder not in ENCODERS:
         raise ValueError(f"unknown encoder {cfg.encoder!r}; choose one of {', '.join(ENCODERS)}")
+    if cfg.head not in HEADS:
+        raise ValueError(f"unknown head {cfg.head!r}; choose one of {', '.join(HEADS)}")
     multiple = 32 if cfg.encoder == "mobilenetv2" else 2**cfg.depth
     if cfg.size % multiple:
         raise ValueError(f"--size must be a multiple of {multiple} for the {cfg.encoder} encoder")
@@ -185,22 +203,70 @@ def segmentation_metrics() -> list:
 # ---------------------------------------------------------------- export
 
 
-def export_tflite(model: keras.Model, path: Path, float16: bool = False) -> Path:
-    """Convert to a LiteRT flatbuffer with a fixed batch of 1 (what ``cut`` feeds it)."""
+def calibration_inputs(photos: list[Path], size: tuple[int, int], limit: int = 128) -> np.ndarray:
+    """Up to ``limit`` photos, spread evenly over the list, as the model sees them (see pipeline.to_model_input).
+
+    int8 export measures each layer's range of values on these, so they should look like what will be cut.
+    Files that cannot be read are passed over.
+    """
+    from .images import ImageError, open_photo
+    from .pipeline import to_model_input
+
+    photos = list(photos)
+    step = max(1, len(photos) / max(1, limit))
+    picked = [photos[int(i * step)] for i in range(min(limit, len(photos)))]
+    inputs = []
+    for path in picked:
+        try:
+            inputs.append(to_model_input(open_photo(path).rgb, size))
+        except ImageError:
+            continue
+    if not inputs:
+        raise ValueError(f"no readable photos to calibrate the int8 model on (tried {len(picked)})")
+    return np.stack(inputs)
+
+
+def export_tflite(model: keras.Model, path: Path, calibration: np.ndarray | None = None) -> Path:
+    """Convert to a LiteRT flatbuffer with a fixed batch of 1 (what ``cut`` feeds it).
+
+    With ``calibration`` images (see calibration_inputs) the weights and activations are stored as int8
+    (full-integer quantization): XNNPACK runs it about 1.6x faster on a CPU and the file is ~2.3x smaller,
+    while the alpha stays within about 0.003 IoU of the float model. Input and output stay float32, so
+    every runtime feeds both kinds alike. The final sigmoid stays float: int8 holds at most 255/256,
+    which would leave every opaque pixel at alpha 254.
+    """
     import tensorflow as tf
 
     if None in model.input_shape[1:3]:
         raise ValueError("export needs a model with a fixed input size")
     # from_keras_model keeps the Keras 3 variables (a hand-made concrete function loses them).
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if float16:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
     import contextlib
     import io
+    import warnings
 
-    with contextlib.redirect_stdout(io.StringIO()):  # the converter prints every captured variable
-        data = converter.convert()
+    from .runtime import quiet_stderr
+
+    # The converter prints every captured variable, and int8 conversion logs its settings from C++.
+    with contextlib.redirect_stdout(io.StringIO()), quiet_stderr(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")  # inside the debugger
+        if calibration is None:
+            data = converter.convert()
+        else:
+            if calibration.shape[1:] != tuple(model.input_shape[1:]):
+                raise ValueError(f"calibration images are {calibration.shape[1:]}, the model takes {model.input_shape[1:]}")
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+            def images():
+                return ([image[np.newaxis].astype(np.float32)] for image in calibration)
+
+            converter.representative_dataset = images
+            # The debugger's converter is the one API that can leave chosen op types unquantized.
+            float_sigmoid = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=["LOGISTIC"])
+            debugger = tf.lite.experimental.QuantizationDebugger(
+                converter=converter, debug_dataset=images, debug_options=float_sigmoid)
+            data = debugger.get_nondebug_quantized_model()
     path = Path(path)
     from .fileio import atomic_write_bytes
 

@@ -46,7 +46,7 @@ def _check_shapes(path: Path, inp: tuple, outp: tuple) -> None:
 
 
 @contextmanager
-def _quiet_stderr():
+def quiet_stderr():
     """Silence native-code chatter on file descriptor 2 for the duration of the block."""
     try:
         saved = os.dup(2)
@@ -63,13 +63,21 @@ def _quiet_stderr():
         os.close(devnull)
 
 
+def import_tensorflow():
+    """Import TensorFlow without its start-up chatter (oneDNN notes that ignore TF_CPP_MIN_LOG_LEVEL)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with quiet_stderr():
+        import tensorflow as tf
+    return tf
+
+
 class LiteRTRuntime:
     def __init__(self, path: Path, threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = path
         try:
-            with _quiet_stderr():  # LiteRT's C++ side announces its XNNPACK delegate on stderr
+            with quiet_stderr():  # LiteRT's C++ side announces its XNNPACK delegate on stderr
                 self.interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
                 self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
@@ -92,10 +100,9 @@ class LiteRTRuntime:
 
 class KerasRuntime:
     def __init__(self, path: Path, size: int | None = None, device: str = "auto"):
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         try:
+            tf = import_tensorflow()
             import keras
-            import tensorflow as tf
         except ImportError:
             raise ModelError(f"{path}: .keras models need TensorFlow: pip install 'bgremove[train]'") from None
         from . import model as _registered  # noqa: F401 - registers the custom loss for loading

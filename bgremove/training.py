@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import re
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -32,6 +31,7 @@ from .fileio import atomic_path, atomic_write_bytes
 Reporter = Callable[[str], None]
 STRATEGIES = ("default", "mirrored", "multiworker")
 WEIGHTINGS = ("sqrt", "equal", "none")
+QUANTIZE = ("int8", "none")
 # Cache decoded pairs in memory at this multiple of the training size, so crops keep their detail.
 CACHE_SCALE = 1.25
 
@@ -56,6 +56,7 @@ class TrainConfig:
     # MobileNetV2 decoder widths, coarsest (1/16) to finest (1/1); the last two run at 1/2 and full
     # resolution and cost most of the model's time.
     decoder_filters: tuple[int, ...] = (96, 64, 48, 32, 16)
+    head: str = "unet"  # full-resolution level: unet or light (see model.ModelConfig)
     val_split: float = 0.1
     seed: int = 0
     dice_weight: float = 1.0
@@ -69,6 +70,7 @@ class TrainConfig:
     source_weighting: str = "sqrt"  # how often each source is drawn; see tfdata.mix_sources
     paste_prob: float = 0.25  # copy-paste compositing; see tfdata.paste_pairs
     init: str = ""  # start from this .keras model's weights (fine-tuning) instead of the ImageNet encoder
+    quantize: str = "int8"  # model.tflite: int8 (calibrated on training photos; ~1.6x faster) or none (float32)
 
     def model_config(self):
         from .model import ModelConfig
@@ -80,6 +82,7 @@ class TrainConfig:
             base_filters=self.base_filters,
             depth=self.depth,
             decoder_filters=tuple(self.decoder_filters),
+            head=self.head,
             bn_momentum=self.bn_momentum,
         )
 
@@ -316,7 +319,7 @@ def _init_model(cfg: TrainConfig, path: Path, report: Reporter = lambda _: None)
             carried.append(layer.name)
         else:
             fresh.append(layer.name)
-    encoder_fresh = [name for name in fresh if not name.startswith(("dec", "alpha"))]
+    encoder_fresh = [name for name in fresh if not name.startswith(("dec", "head", "alpha"))]
     if encoder_fresh or not carried:
         raise TrainingError(f"{path}: its layers do not match a {cfg.encoder} U-Net as configured "
                             f"(give the --encoder/--base-filters/--depth it was trained with)")
@@ -361,17 +364,23 @@ def train(
 
     ``live_bar`` shows Keras' own per-step progress bar (for a terminal) besides the per-epoch lines.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from .runtime import import_tensorflow
+
+    tf = import_tensorflow()
     import keras
-    import tensorflow as tf
 
     from . import tfdata
-    from .model import SegmentationLoss, build_unet, export_tflite, segmentation_metrics
+    from .model import HEADS, SegmentationLoss, build_unet, calibration_inputs, export_tflite, segmentation_metrics
+
+    if cfg.head not in HEADS:
+        raise TrainingError(f"unknown head {cfg.head!r}; choose one of {', '.join(HEADS)}")
 
     run = Path(cfg.out)
     state: dict = {}
     if cfg.source_weighting not in WEIGHTINGS:
         raise TrainingError(f"unknown source weighting {cfg.source_weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+    if cfg.quantize not in QUANTIZE:
+        raise TrainingError(f"unknown quantization {cfg.quantize!r}; choose one of {', '.join(QUANTIZE)}")
     if not resume and cfg.init:
         _check_init(Path(cfg.init))
     elif not resume and cfg.encoder == "mobilenetv2":
@@ -510,7 +519,10 @@ def train(
         final = keras.saving.load_model(best, compile=False, safe_mode=True)
         with atomic_path(run / "model.keras") as tmp:
             final.save(tmp)
-        export_tflite(final, run / "model.tflite")
+        calibration = None
+        if cfg.quantize == "int8":
+            calibration = calibration_inputs([s.image for s in train_samples], (cfg.size, cfg.size))
+        export_tflite(final, run / "model.tflite", calibration)
     if not in_memory and bad:
         with open(run / "skipped.csv", "a", newline="") as fh:
             csv.writer(fh).writerows([(str(p), r) for p, r in bad])

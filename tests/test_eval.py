@@ -59,8 +59,8 @@ def test_eval_run_scores_its_validation_groups_and_compares_models(trained_run: 
     models = summary["models"]
     assert set(models) == {"model.tflite", "model.keras"}
     assert models["model.tflite"]["images"] == split["val_pairs"]
-    # The same network through LiteRT and Keras scores the same.
-    assert abs(models["model.tflite"]["all"]["iou"] - models["model.keras"]["all"]["iou"]) < 1e-3
+    # The same network through LiteRT (int8) and Keras (float32) scores about the same.
+    assert abs(models["model.tflite"]["all"]["iou"] - models["model.keras"]["all"]["iou"]) < 0.01
     assert (out / "curve.png").is_file()
 
 

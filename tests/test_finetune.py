@@ -115,6 +115,31 @@ def test_init_model_carries_what_matches_into_a_narrower_decoder(tmp_path: Path)
     assert narrow.predict(x, verbose=0).shape == (1, 64, 64, 1)
 
 
+def test_light_head_is_fine_tuned_from_a_unet_head_model(tmp_path: Path):
+    """--head light: the decoder up to half resolution carries over, the new full-resolution level starts
+    fresh, and the full-resolution work shrinks (fewer channels cross to full resolution)."""
+    from bgremove.model import ModelConfig, build_unet
+
+    source = tmp_path / "unet.keras"
+    unet = build_unet(ModelConfig(size=32, encoder_weights="none"))
+    unet.save(source)
+    lines: list[str] = []
+    light, fresh = _init_model(TrainConfig(data="-", size=64, encoder_weights="none", head="light"), source,
+                               report=lines.append)
+    assert set(fresh) == {"head_squeeze", "head_squeeze_bn", "head_conv", "head_bn"}
+    assert lines[0].endswith("new (trained from scratch): head_bn, head_conv, head_squeeze, head_squeeze_bn"), lines
+    for name in ("dec3_conv2", "alpha"):  # the alpha layer reads 16 channels in both heads
+        for a, b in zip(light.get_layer(name).get_weights(), unet.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    assert not any(layer.name.startswith("dec_full") for layer in light.layers)
+    full_res = [layer for layer in light.layers if layer.name in ("head_up", "head_concat")]
+    assert [layer.output.shape[-1] for layer in full_res] == [8, 11]  # 8 features + the RGB skip
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    assert light.predict(x, verbose=0).shape == (2, 64, 64, 1)
+    with pytest.raises(ValueError, match="unknown head 'huge'"):
+        build_unet(ModelConfig(size=32, head="huge"))
+
+
 def test_cli_rejects_bad_decoder_widths(tmp_path: Path):
     result = CliRunner().invoke(app, ["train", "--data", str(tmp_path), "--decoder-filters", "96,64,x"])
     assert result.exit_code == 2 and "--decoder-filters: expected five positive widths" in result.output

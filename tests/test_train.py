@@ -39,11 +39,47 @@ def test_run_folder_and_learning(trained_run: Path):
     assert (trained_run / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_tflite_export_gives_the_keras_alpha(trained_run: Path):
-    x = np.random.default_rng(1).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+def test_tflite_export_gives_the_keras_alpha(trained_run: Path, tmp_path: Path):
+    """The run's model.tflite is int8 (calibrated on its training photos) and follows the Keras model;
+    `bgremove export` without photos gives the float32 model, equal to Keras."""
+    from conftest import synthetic_pair
+
+    from bgremove.pipeline import to_model_input
+
+    x = np.stack([to_model_input(synthetic_pair(50 + i)[0][..., ::-1], (32, 32)) for i in range(4)])
     keras_alpha = load_runtime(trained_run / "model.keras").predict(x)
-    lite_alpha = load_runtime(trained_run / "model.tflite").predict(x)
-    np.testing.assert_allclose(lite_alpha, keras_alpha, atol=1e-4)
+    lite = load_runtime(trained_run / "model.tflite")
+    kinds = {t["dtype"] for t in lite.interpreter.get_tensor_details()}
+    assert np.int8 in kinds
+    lite_alpha = lite.predict(x)
+    assert np.abs(lite_alpha - keras_alpha).mean() < 0.03
+    both = (lite_alpha > 0.5) & (keras_alpha > 0.5)
+    either = (lite_alpha > 0.5) | (keras_alpha > 0.5)
+    assert both.sum() / either.sum() > 0.9
+    result = CliRunner().invoke(app, ["export", str(trained_run / "model.keras"), "-o", str(tmp_path / "f.tflite")])
+    assert result.exit_code == 0, result.output
+    assert "float32" in result.output
+    np.testing.assert_allclose(load_runtime(tmp_path / "f.tflite").predict(x), keras_alpha, atol=1e-4)
+
+
+def test_cli_export_calibrates_on_photos_and_reports_bad_input(trained_run: Path, folders_data: Path, tmp_path: Path):
+    runner = CliRunner()
+    model = str(trained_run / "model.keras")
+    result = runner.invoke(app, ["export", model, "-o", str(tmp_path / "q.tflite"),
+                                 "--calibrate", str(folders_data / "images"), "--limit", "5"])
+    assert result.exit_code == 0, result.output
+    assert "int8, calibrated on 5 photo(s)" in result.output
+    assert np.int8 in {t["dtype"] for t in load_runtime(tmp_path / "q.tflite").interpreter.get_tensor_details()}
+    for args, message in [
+        ([str(trained_run / "model.tflite"), "-o", str(tmp_path / "x.tflite")], "export needs a .keras model"),
+        ([model, "-o", str(tmp_path / "x.onnx")], "must be a .tflite file"),
+        ([model, "-o", str(tmp_path / "x.tflite"), "--calibrate", str(tmp_path / "nope")], "no such file or folder"),
+        ([str(tmp_path / "missing.keras"), "-o", str(tmp_path / "x.tflite")], "model file not found"),
+    ]:
+        result = runner.invoke(app, ["export", *args])
+        assert result.exit_code == 2, result.output
+        assert message in result.output and "Traceback" not in result.output
+        assert not (tmp_path / "x.tflite").exists()
 
 
 def test_cli_train_resume_and_skipped_samples(folders_data: Path, tmp_path: Path):
