@@ -11,6 +11,7 @@ import os
 import platform
 import shutil
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -90,6 +91,26 @@ def load_average() -> str:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
         return "?"
+
+
+def busy_cores(seconds: float = 1.0) -> float | None:
+    """Cores kept busy by other work right now (from /proc/stat over ``seconds``); None where unknown.
+
+    Unlike the load average, which decays over minutes, this is right straight after other work pauses.
+    """
+    def times() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    try:
+        total0, idle0 = times()
+        time.sleep(seconds)
+        total1, idle1 = times()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 == total0:
+        return None
+    return (1 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
 
 
 def text_table(header: list[str], rows: list[list[str]], right: set[int] | None = None) -> str:
