@@ -152,11 +152,24 @@ def test_multiworker_strategy_with_a_one_worker_cluster(folders_data: Path, tmp_
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_CONFIG": tf_config}
     proc = subprocess.run(
         [sys.executable, "-m", "bgremove", "train", "--data", str(folders_data), "--out", str(tmp_path / "mw"),
-         "--epochs", "1", "--strategy", "multiworker", "--val-split", "0.25", *TINY],
+         "--epochs", "1", "--strategy", "multiworker", "--val-split", "0.25", "--quantize", "none", *TINY],
         capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
     assert "finished: 1 epoch(s)" in proc.stdout
-    assert (tmp_path / "mw" / "model.tflite").is_file()
+    # --quantize none: a float32 model.tflite that computes what model.keras computes.
+    lite = load_runtime(tmp_path / "mw" / "model.tflite")
+    assert np.int8 not in {t["dtype"] for t in lite.interpreter.get_tensor_details()}
+    x = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(lite.predict(x), load_runtime(tmp_path / "mw" / "model.keras").predict(x), atol=1e-4)
+
+
+def test_unknown_quantization_or_head_is_one_line(folders_data: Path, tmp_path: Path):
+    for args, message in [(["--quantize", "int4"], "unknown quantization 'int4'; choose one of int8, none"),
+                          (["--head", "huge"], "unknown head 'huge'; choose one of unet, light")]:
+        result = CliRunner().invoke(app, ["train", "--data", str(folders_data), "--out", str(tmp_path / "q"),
+                                          *args, *TINY])
+        assert result.exit_code == 2, result.output
+        assert message in result.output and "Traceback" not in result.output
 
 
 @pytest.mark.slow
