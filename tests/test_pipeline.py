@@ -19,10 +19,27 @@ def alpha() -> np.ndarray:
     return a
 
 
+def snapped(a8: np.ndarray, levels: int = 5) -> np.ndarray:
+    """The plain definition of CutOptions.snap = 0.02: 8-bit alphas within 5 levels of 0 or 255 go there."""
+    return np.where(a8 <= levels, 0, np.where(a8 >= 255 - levels, 255, a8)).astype(np.uint8)
+
+
 def test_soft_alpha_is_round_255_alpha(alpha):
     expected = np.rint(alpha * 255.0).astype(np.uint8)
-    np.testing.assert_array_equal(finish_alpha(alpha, CutOptions()), expected)
-    np.testing.assert_array_equal(finish_alpha(alpha.astype(np.float64), CutOptions()), expected)
+    raw = CutOptions(snap=0)
+    np.testing.assert_array_equal(finish_alpha(alpha, raw), expected)
+    np.testing.assert_array_equal(finish_alpha(alpha.astype(np.float64), raw), expected)
+
+
+def test_soft_alpha_snaps_its_ends_by_default(alpha):
+    expected = snapped(np.rint(alpha * 255.0).astype(np.uint8))
+    out = finish_alpha(alpha, CutOptions())
+    np.testing.assert_array_equal(out, expected)
+    assert out[30:35].max() == 0  # 1.5/255 rounds to 2, within the snap
+    near = finish_alpha(np.array([[5.4 / 255, 5.6 / 255, 0.5, 249.4 / 255, 249.6 / 255]], np.float32), CutOptions())
+    assert near.tolist() == [[0, 6, 128, 249, 255]]
+    with pytest.raises(ValueError, match="snap 0.5"):
+        CutOptions(snap=0.5)
 
 
 def test_threshold_is_inclusive(alpha):
@@ -34,7 +51,7 @@ def test_threshold_is_inclusive(alpha):
 
 def test_photo_transparency_scales_the_alpha(alpha):
     photo_alpha = rng.integers(0, 256, alpha.shape, dtype=np.uint8)
-    soft = np.rint(alpha * 255.0).astype(np.uint16)
+    soft = snapped(np.rint(alpha * 255.0).astype(np.uint8)).astype(np.uint16)
     expected = ((soft * photo_alpha + 127) // 255).astype(np.uint8)
     np.testing.assert_array_equal(finish_alpha(alpha, CutOptions(), photo_alpha), expected)
 
