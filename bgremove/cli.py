@@ -208,7 +208,7 @@ def cut(
 
     Pipes work too: cat photo.jpg | bgremove cut - -o - > cutout.png
     """
-    from .batch import Result, RunOptions, plan, run
+    from .batch import Result, RunOptions, keep_freed_memory, plan, run
     from .images import FORMATS, ImageError
     from .pipeline import CutOptions, Remover
     from .runtime import ModelError
@@ -284,6 +284,8 @@ def cut(
                       batch_size=batch_size, workers=workers)
 
     live = sys.stderr.isatty() and not quiet
+    if len(the_plan.jobs) > 1:
+        keep_freed_memory()
 
     def report(result: Result) -> None:
         if result.status == "failed":

@@ -1,6 +1,7 @@
 """`bgremove cut` end to end through the CLI, and the Python API, on images made here."""
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -50,6 +51,15 @@ def test_cut_one_photo_keeps_size_and_colours(tmp_path: Path, tiny_tflite: Path)
     rgba = check_cutout(tmp_path / "out" / "p.png", rgb)
     assert rgba[..., 3].std() > 20  # the alpha follows the figure, not a constant
     assert "1 written, 0 skipped, 0 failed" in result.output
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_keep_freed_memory_sets_glibc_thresholds_in_a_fresh_process():
+    """Run where it cannot disturb other tests: mallopt accepts both settings, and a batch still cuts."""
+    script = "from bgremove.batch import keep_freed_memory; print(keep_freed_memory(64), keep_freed_memory(0))"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "True"]
 
 
 def test_a_threaded_batch_writes_what_one_photo_at_a_time_writes(tmp_path: Path, tiny_tflite: Path):
