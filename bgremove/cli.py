@@ -383,8 +383,10 @@ def export(
             fail(f"{', '.join(map(str, calibrate))}: {exc}")
     try:
         export_tflite(keras_model, output, calibration)
-    except (ValueError, OSError) as exc:
-        fail(f"{output}: {exc}")
+    except ValueError as exc:  # e.g. a model without a fixed input size
+        fail(f"{model}: {exc}")
+    except OSError as exc:
+        fail(f"{output}: cannot write ({(exc.strerror or str(exc)).lower()})")
     kind = f"int8, calibrated on {len(calibration)} photo(s)" if calibration is not None else "float32"
     out.print(f"wrote {output} ({kind}, {output.stat().st_size / 1e6:.1f} MB)")
 
