@@ -31,7 +31,7 @@ def test_run_folder_and_learning(trained_run: Path):
                  "checkpoints/last.keras", "checkpoints/best.keras", "model.keras", "model.tflite"]:
         assert (trained_run / name).is_file(), name
     rows = history(trained_run)
-    assert [int(r["epoch"]) for r in rows] == list(range(1, 11))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 13))
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     assert {"iou", "accuracy", "val_iou", "val_loss", "lr", "images_per_s"} <= set(rows[0])
     split = json.loads((trained_run / "split.json").read_text())
