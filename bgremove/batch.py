@@ -301,7 +301,7 @@ def keep_freed_memory(limit_mb: int = 128) -> bool:
 
     Every photo allocates and frees buffers of megabytes (the decoded photo, its alpha, the RGBA, the
     PNG). glibc gives such buffers back to the kernel (mmap, heap trimming), and the next photo faults
-    every page in again: 8 % of a batch's wall time on 2 cores. A process-wide setting, so the library
+    every page in again: 7 % of a batch's wall time on 2 cores. A process-wide setting, so the library
     leaves it to the application (``bgremove cut`` sets it for a batch).
     """
     import ctypes

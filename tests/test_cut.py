@@ -55,7 +55,7 @@ def test_cut_one_photo_keeps_size_and_colours(tmp_path: Path, tiny_tflite: Path)
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_keep_freed_memory_sets_glibc_thresholds_in_a_fresh_process():
-    """Run where it cannot disturb other tests: mallopt accepts both settings, and a batch still cuts."""
+    """Run in a fresh process, where it cannot disturb other tests: glibc accepts both settings."""
     script = "from bgremove.batch import keep_freed_memory; print(keep_freed_memory(64), keep_freed_memory(0))"
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
