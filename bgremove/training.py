@@ -56,7 +56,7 @@ class TrainConfig:
     # MobileNetV2 decoder widths, coarsest (1/16) to finest (1/1); the last two run at 1/2 and full
     # resolution and cost most of the model's time.
     decoder_filters: tuple[int, ...] = (96, 64, 48, 32, 16)
-    head: str = "unet"  # full-resolution level: unet or light (see model.ModelConfig)
+    head: str = "unet"  # full-resolution level: unet, light or subpixel (see model.ModelConfig)
     val_split: float = 0.1
     seed: int = 0
     dice_weight: float = 1.0

@@ -140,6 +140,24 @@ def test_light_head_is_fine_tuned_from_a_unet_head_model(tmp_path: Path):
         build_unet(ModelConfig(size=32, head="huge"))
 
 
+def test_subpixel_head_is_fine_tuned_from_a_unet_head_model(tmp_path: Path):
+    """--head subpixel: everything up to half resolution carries over; the head and the alpha layer (four
+    logits per 2x2 cell instead of one per pixel) start fresh."""
+    from bgremove.model import ModelConfig, build_unet
+
+    source = tmp_path / "unet.keras"
+    unet = build_unet(ModelConfig(size=32, encoder_weights="none"))
+    unet.save(source)
+    sub, fresh = _init_model(TrainConfig(data="-", size=64, encoder_weights="none", head="subpixel"), source)
+    assert set(fresh) == {"head_rgb", "head_conv", "head_bn", "alpha"}
+    assert sub.get_layer("alpha").get_weights()[0].shape == (1, 1, 16, 4)
+    for a, b in zip(sub.get_layer("dec3_conv2").get_weights(), unet.get_layer("dec3_conv2").get_weights()):
+        np.testing.assert_array_equal(a, b)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    out = sub.predict(x, verbose=0)
+    assert out.shape == (2, 64, 64, 1) and 0 <= out.min() and out.max() <= 1
+
+
 def test_cli_rejects_bad_decoder_widths(tmp_path: Path):
     result = CliRunner().invoke(app, ["train", "--data", str(tmp_path), "--decoder-filters", "96,64,x"])
     assert result.exit_code == 2 and "--decoder-filters: expected five positive widths" in result.output

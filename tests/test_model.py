@@ -123,3 +123,23 @@ def test_calibration_skips_unreadable_photos_and_needs_one(tmp_path):
     # Spread evenly over a long list, not its first files.
     many = [good] + [bad] * 9  # the first ten files hold one photo; every tenth file is one
     assert calibration_inputs(many * 10, (32, 32), limit=10).shape[0] == 10
+
+
+def test_subpixel_head_lays_each_cells_four_alphas_out_as_pixels(tmp_path):
+    """Channel 2*i + j of a half-resolution cell is pixel (i, j) of it, in Keras and in both LiteRT exports."""
+    model = build_unet(ModelConfig(encoder="mobilenetv2", size=64, encoder_weights="none", head="subpixel"))
+    assert [layer.name for layer in model.layers if layer.weights and layer.output.shape[1] == 64] == []
+    kernel, bias = model.get_layer("alpha").get_weights()
+    # Logits -3, -1, 1, 3 for the four channels, whatever the features.
+    model.get_layer("alpha").set_weights([np.zeros_like(kernel), np.array([-3.0, -1.0, 1.0, 3.0], np.float32)])
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    got = model.predict(x, verbose=0)[..., 0]
+    cell = 1 / (1 + np.exp(-np.array([[-3.0, -1.0], [1.0, 3.0]])))
+    np.testing.assert_allclose(got, np.broadcast_to(np.tile(cell, (32, 32)), got.shape), atol=1e-6)
+    # Trained-like weights: every pixel of a cell differs, and LiteRT keeps the layout.
+    model.get_layer("alpha").set_weights([np.random.default_rng(1).normal(0, 0.5, kernel.shape).astype("float32"), bias])
+    want = model.predict(x, verbose=0)[..., 0]
+    export_tflite(model, tmp_path / "f.tflite")
+    np.testing.assert_allclose(LiteRTRuntime(tmp_path / "f.tflite").predict(x), want, atol=1e-4)
+    export_tflite(model, tmp_path / "q.tflite", x)
+    np.testing.assert_allclose(LiteRTRuntime(tmp_path / "q.tflite").predict(x), want, atol=0.03)
