@@ -77,7 +77,7 @@ def train(
     ] = "96,64,48,32,16",
     head: Annotated[
         str, typer.Option(help="MobileNetV2 full-resolution level: unet (a decoder block), light (~30% faster) or subpixel "
-                                  "(~40% faster: 2x2 cells predicted at half resolution).")
+                                  "(~35% faster: no full-resolution layer).")
     ] = "unet",
     val_split: Annotated[float, typer.Option(help="Fraction of groups held out for validation.")] = 0.1,
     seed: Annotated[int, typer.Option()] = 0,

@@ -44,8 +44,8 @@ class ModelConfig:
     # MobileNetV2 full-resolution level: "unet" is a full decoder block on the upsampled features and the
     # RGB input; "light" squeezes the features to 8 channels before upsampling and refines them with one
     # separable conv, for ~30 % less model time (the full-resolution block is half of the int8 model's time);
-    # "subpixel" works at half resolution only and predicts each 2x2 cell's four alphas (see _subpixel_head),
-    # for ~40 % less.
+    # "subpixel" works at half resolution only and adds detail to each 2x2 cell's four alphas (see
+    # _subpixel_alpha), for ~35 % less.
     head: str = "unet"
     # Batch-norm momentum of every layer. Keras' MobileNetV2 uses 0.999, whose moving statistics lag
     # fine-tuned weights by thousands of steps, so inference-mode accuracy trails training badly.
@@ -136,11 +136,9 @@ def _mobilenet_unet(cfg: ModelConfig, inputs):
 
 
 def _subpixel_head(x, rgb, filters: int):
-    """Half-resolution features plus the full-resolution photo, folded into 2x2 cells, to 4 logits per cell.
-
-    The photo's own pixels still steer the edges (a learned 2x2 stride-2 conv sees every one of them),
-    but no layer runs at full resolution: each cell's four alphas come out as four channels and are laid
-    back out as pixels (sub-pixel convolution, Shi et al. 2016).
+    """Half-resolution features plus the full-resolution photo, folded into 2x2 cells (a learned 2x2
+    stride-2 conv sees every one of its pixels): the photo still steers the edges, but no layer runs at
+    full resolution. See _subpixel_alpha for how the features become a full-resolution alpha.
     """
     cells = layers.Conv2D(16, 2, strides=2, use_bias=False, name="head_rgb")(rgb)
     x = layers.Concatenate(name="head_concat")([x, cells])
@@ -149,12 +147,24 @@ def _subpixel_head(x, rgb, filters: int):
     return layers.ReLU(name="head_relu")(x)
 
 
-def _depth_to_space(x, size: int):
-    """(size/2, size/2, 4) logits to (size, size, 1): channel 2*i + j is pixel (i, j) of its 2x2 cell."""
+def _subpixel_alpha(x, size: int):
+    """Half-resolution features to a full-resolution alpha: a smooth logit, upsampled bilinearly, plus a
+    detail logit per pixel of each 2x2 cell (sub-pixel convolution, Shi et al. 2016).
+
+    The four pixels of a cell come from one feature vector; alone they leave a 2-pixel grid along edges
+    (measured: twice the jumps between cells as within them), which the smooth term removes. The detail
+    layer starts at zero, so a fresh head begins as a clean half-resolution alpha. The smooth layer has
+    the unet head's shape and name, so --init carries a trained alpha layer over.
+    """
+    smooth = layers.Conv2D(1, 1, name="alpha")(x)
+    smooth = layers.UpSampling2D(2, interpolation="bilinear", name="alpha_up")(smooth)
+    detail = layers.Conv2D(4, 1, kernel_initializer="zeros", name="alpha_detail")(x)
     half = size // 2
-    x = layers.Reshape((half, half, 2, 2), name="alpha_cells")(x)
-    x = layers.Permute((1, 3, 2, 4), name="alpha_rows")(x)
-    return layers.Reshape((size, size, 1), name="alpha_pixels")(x)
+    detail = layers.Reshape((half, half, 2, 2), name="alpha_cells")(detail)  # channel 2*i + j: pixel (i, j)
+    detail = layers.Permute((1, 3, 2, 4), name="alpha_rows")(detail)
+    detail = layers.Reshape((size, size, 1), name="alpha_pixels")(detail)
+    logits = layers.Add(name="alpha_logits")([smooth, detail])
+    return layers.Activation("sigmoid", dtype="float32", name="alpha_sigmoid")(logits)
 
 
 def _classic_unet(cfg: ModelConfig, inputs):
@@ -182,8 +192,7 @@ def build_unet(cfg: ModelConfig) -> keras.Model:
     inputs = keras.Input((cfg.size, cfg.size, 3), name="image")
     x = _mobilenet_unet(cfg, inputs) if cfg.encoder == "mobilenetv2" else _classic_unet(cfg, inputs)
     if cfg.encoder == "mobilenetv2" and cfg.head == "subpixel":
-        logits = _depth_to_space(layers.Conv2D(4, 1, name="alpha")(x), cfg.size)
-        alpha = layers.Activation("sigmoid", dtype="float32", name="alpha_sigmoid")(logits)
+        alpha = _subpixel_alpha(x, cfg.size)
     else:
         alpha = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="alpha")(x)
     model = keras.Model(inputs, alpha, name=f"bgremove_unet_{cfg.encoder}")

@@ -141,18 +141,19 @@ def test_light_head_is_fine_tuned_from_a_unet_head_model(tmp_path: Path):
 
 
 def test_subpixel_head_is_fine_tuned_from_a_unet_head_model(tmp_path: Path):
-    """--head subpixel: everything up to half resolution carries over; the head and the alpha layer (four
-    logits per 2x2 cell instead of one per pixel) start fresh."""
+    """--head subpixel: everything up to half resolution and the alpha layer (now the smooth half-resolution
+    logit) carry over; the head and the per-pixel detail layer start fresh."""
     from bgremove.model import ModelConfig, build_unet
 
     source = tmp_path / "unet.keras"
     unet = build_unet(ModelConfig(size=32, encoder_weights="none"))
     unet.save(source)
     sub, fresh = _init_model(TrainConfig(data="-", size=64, encoder_weights="none", head="subpixel"), source)
-    assert set(fresh) == {"head_rgb", "head_conv", "head_bn", "alpha"}
-    assert sub.get_layer("alpha").get_weights()[0].shape == (1, 1, 16, 4)
-    for a, b in zip(sub.get_layer("dec3_conv2").get_weights(), unet.get_layer("dec3_conv2").get_weights()):
-        np.testing.assert_array_equal(a, b)
+    assert set(fresh) == {"head_rgb", "head_conv", "head_bn", "alpha_detail"}
+    assert sub.get_layer("alpha_detail").get_weights()[0].shape == (1, 1, 16, 4)
+    for name in ("dec3_conv2", "alpha"):
+        for a, b in zip(sub.get_layer(name).get_weights(), unet.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
     x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
     out = sub.predict(x, verbose=0)
     assert out.shape == (2, 64, 64, 1) and 0 <= out.min() and out.max() <= 1

@@ -126,19 +126,26 @@ def test_calibration_skips_unreadable_photos_and_needs_one(tmp_path):
 
 
 def test_subpixel_head_lays_each_cells_four_alphas_out_as_pixels(tmp_path):
-    """Channel 2*i + j of a half-resolution cell is pixel (i, j) of it, in Keras and in both LiteRT exports."""
+    """No layer runs at full resolution; the detail layer's channel 2*i + j of a half-resolution cell is
+    pixel (i, j) of it, added to a bilinearly upsampled smooth logit, in Keras and in both LiteRT exports."""
     model = build_unet(ModelConfig(encoder="mobilenetv2", size=64, encoder_weights="none", head="subpixel"))
     assert [layer.name for layer in model.layers if layer.weights and layer.output.shape[1] == 64] == []
-    kernel, bias = model.get_layer("alpha").get_weights()
-    # Logits -3, -1, 1, 3 for the four channels, whatever the features.
-    model.get_layer("alpha").set_weights([np.zeros_like(kernel), np.array([-3.0, -1.0, 1.0, 3.0], np.float32)])
     x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    smooth, detail = model.get_layer("alpha"), model.get_layer("alpha_detail")
+    assert not detail.get_weights()[0].any()  # a fresh head starts as the smooth alpha alone
+    # Smooth logit 0 and detail logits -3, -1, 1, 3 for the four pixels of every cell, whatever the features.
+    smooth.set_weights([np.zeros_like(w) for w in smooth.get_weights()])
+    kernel = detail.get_weights()[0]
+    detail.set_weights([np.zeros_like(kernel), np.array([-3.0, -1.0, 1.0, 3.0], np.float32)])
     got = model.predict(x, verbose=0)[..., 0]
     cell = 1 / (1 + np.exp(-np.array([[-3.0, -1.0], [1.0, 3.0]])))
     np.testing.assert_allclose(got, np.broadcast_to(np.tile(cell, (32, 32)), got.shape), atol=1e-6)
-    # Trained-like weights: every pixel of a cell differs, and LiteRT keeps the layout.
-    model.get_layer("alpha").set_weights([np.random.default_rng(1).normal(0, 0.5, kernel.shape).astype("float32"), bias])
+    # Trained-like weights everywhere: LiteRT computes the same alpha, float32 and int8.
+    rng = np.random.default_rng(1)
+    for layer in (smooth, detail):
+        layer.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in layer.get_weights()])
     want = model.predict(x, verbose=0)[..., 0]
+    assert np.abs(want[:, 0::2] - want[:, 1::2]).mean() > 0.01  # the pixels of a cell differ
     export_tflite(model, tmp_path / "f.tflite")
     np.testing.assert_allclose(LiteRTRuntime(tmp_path / "f.tflite").predict(x), want, atol=1e-4)
     export_tflite(model, tmp_path / "q.tflite", x)
