@@ -76,9 +76,9 @@ def train(
         str, typer.Option(help="MobileNetV2 decoder widths, 1/16 to full resolution (the last two cost most).")
     ] = "96,64,48,32,16",
     head: Annotated[
-        str, typer.Option(help="MobileNetV2 full-resolution level: unet (a decoder block), light (~30% faster) or subpixel "
-                                  "(~35% faster: no full-resolution layer).")
-    ] = "unet",
+        str, typer.Option(help="MobileNetV2 full-resolution level: unet (a decoder block), light (~30% faster), subpixel "
+                                  "(~35% faster: no full-resolution layer) or auto (--init's, else unet).")
+    ] = "auto",
     val_split: Annotated[float, typer.Option(help="Fraction of groups held out for validation.")] = 0.1,
     seed: Annotated[int, typer.Option()] = 0,
     dice_weight: Annotated[float, typer.Option(help="Weight of the Dice term added to BCE (0 = BCE only).")] = 1.0,

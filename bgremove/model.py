@@ -180,6 +180,14 @@ def _classic_unet(cfg: ModelConfig, inputs):
     return x
 
 
+def head_of(model: keras.Model) -> str:
+    """Which full-resolution level (``ModelConfig.head``) a built or loaded model has."""
+    names = {layer.name for layer in model.layers}
+    if "alpha_detail" in names:
+        return "subpixel"
+    return "light" if "head_squeeze" in names else "unet"
+
+
 def build_unet(cfg: ModelConfig) -> keras.Model:
     """Build the U-Net for ``cfg``; input (size, size, 3) RGB in [0, 255], output (size, size, 1) alpha."""
     if cfg.encoder not in ENCODERS:

@@ -56,7 +56,9 @@ class TrainConfig:
     # MobileNetV2 decoder widths, coarsest (1/16) to finest (1/1); the last two run at 1/2 and full
     # resolution and cost most of the model's time.
     decoder_filters: tuple[int, ...] = (96, 64, 48, 32, 16)
-    head: str = "unet"  # full-resolution level: unet, light or subpixel (see model.ModelConfig)
+    # Full-resolution level: unet, light or subpixel (see model.ModelConfig); "auto" is the --init model's
+    # (so fine-tuning the shipped model keeps its architecture), else unet.
+    head: str = "auto"
     val_split: float = 0.1
     seed: int = 0
     dice_weight: float = 1.0
@@ -82,7 +84,7 @@ class TrainConfig:
             base_filters=self.base_filters,
             depth=self.depth,
             decoder_filters=tuple(self.decoder_filters),
-            head=self.head,
+            head="unet" if self.head == "auto" else self.head,
             bn_momentum=self.bn_momentum,
         )
 
@@ -293,20 +295,24 @@ def _check_init(path: Path) -> None:
         raise TrainingError(f"{path}: --init needs a .keras model (a .tflite file holds no trainable weights)")
 
 
+def _load_init(path: Path):
+    import keras
+
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise TrainingError(f"{path}: cannot load the --init model ({type(exc).__name__}: {exc})") from None
+
+
 def _init_model(cfg: TrainConfig, path: Path, report: Reporter = lambda _: None):
     """A fresh U-Net of cfg's shape carrying the weights of the model in ``path`` (any input size).
 
     Layers are matched by name; those whose shapes differ (a narrower decoder, say) start fresh, so a
     model can be fine-tuned into a cheaper or wider variant of itself. The encoder must carry over whole.
     """
-    import keras
-
     from .model import build_unet
 
-    try:
-        source = keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise TrainingError(f"{path}: cannot load the --init model ({type(exc).__name__}: {exc})") from None
+    source = _load_init(path)
     model = build_unet(replace(cfg.model_config(), encoder_weights="none"))
     theirs = {layer.name: layer for layer in source.layers if layer.weights}
     carried, fresh = [], []
@@ -370,10 +376,11 @@ def train(
     import keras
 
     from . import tfdata
-    from .model import HEADS, SegmentationLoss, build_unet, calibration_inputs, export_tflite, segmentation_metrics
+    from .model import (HEADS, SegmentationLoss, build_unet, calibration_inputs, export_tflite, head_of,
+                        segmentation_metrics)
 
-    if cfg.head not in HEADS:
-        raise TrainingError(f"unknown head {cfg.head!r}; choose one of {', '.join(HEADS)}")
+    if cfg.head not in ("auto", *HEADS):
+        raise TrainingError(f"unknown head {cfg.head!r}; choose one of auto, {', '.join(HEADS)}")
 
     run = Path(cfg.out)
     state: dict = {}
@@ -383,10 +390,14 @@ def train(
         raise TrainingError(f"unknown quantization {cfg.quantize!r}; choose one of {', '.join(QUANTIZE)}")
     if not resume and cfg.init:
         _check_init(Path(cfg.init))
+        if cfg.head == "auto":
+            cfg = replace(cfg, head=head_of(_load_init(Path(cfg.init))))
     elif not resume and cfg.encoder == "mobilenetv2":
         from .model import resolve_encoder_weights
 
         resolve_encoder_weights(cfg.encoder_weights)  # a wrong path fails now, not after decoding the data
+    if not resume and cfg.head == "auto":
+        cfg = replace(cfg, head="unet")
     if resume:
         if not (run / "config.json").is_file():
             raise TrainingError(f"{run}: not a run folder (no config.json)")

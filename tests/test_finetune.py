@@ -1,5 +1,6 @@
 """Fine-tuning (--init), per-source sampling and copy-paste compositing: the training-data knobs of #5."""
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from bgremove import tfdata  # noqa: E402
 from bgremove.cli import app  # noqa: E402
+from bgremove.model import HEADS  # noqa: E402
 from bgremove.runtime import load_runtime  # noqa: E402
 from bgremove.training import TrainConfig, TrainingError, _init_model, _warm_up  # noqa: E402
 
@@ -86,7 +88,8 @@ def test_cli_fine_tunes_from_a_model_and_rejects_bad_init_files(trained_run: Pat
     assert result.exit_code == 0, result.output
     assert "sources drawn per epoch: a 6 pairs" in result.output
     assert (run / "model.tflite").is_file()
-    assert '"init":' in (run / "config.json").read_text()
+    config = json.loads((run / "config.json").read_text())
+    assert config["init"] == str(trained_run / "model.keras") and config["head"] == "unet"
 
     for bad, reason in [(trained_run / "model.tflite", "needs a .keras model"),
                         (tmp_path / "missing.keras", "not found")]:
@@ -157,6 +160,26 @@ def test_subpixel_head_is_fine_tuned_from_a_unet_head_model(tmp_path: Path):
     x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
     out = sub.predict(x, verbose=0)
     assert out.shape == (2, 64, 64, 1) and 0 <= out.min() and out.max() <= 1
+
+
+def test_fine_tuning_keeps_the_init_models_head_unless_told(manifest_data: Path, tmp_path: Path):
+    """The shipped model has the subpixel head: `train --init` without --head must not swap in a unet head."""
+    from bgremove.model import ModelConfig, build_unet, head_of
+
+    assert [head_of(build_unet(ModelConfig(size=32, encoder_weights="none", head=h))) for h in HEADS] == list(HEADS)
+    source = tmp_path / "sub.keras"
+    build_unet(ModelConfig(size=32, encoder_weights="none", head="subpixel")).save(source)
+    run = tmp_path / "ft"
+    args = ["train", "--data", str(manifest_data), "--size", "32", "--epochs", "1", "--batch-size", "4",
+            "--quantize", "none", "--init", str(source)]
+    result = CliRunner().invoke(app, [*args, "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "config.json").read_text())["head"] == "subpixel"
+    assert head_of(load_runtime(run / "model.keras").model) == "subpixel"
+    assert "new (trained from scratch)" not in result.output  # every layer carried over
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "light"), "--head", "light"])
+    assert result.exit_code == 0, result.output
+    assert head_of(load_runtime(tmp_path / "light" / "model.keras").model) == "light"
 
 
 def test_cli_rejects_bad_decoder_widths(tmp_path: Path):
