@@ -304,15 +304,17 @@ def _load_init(path: Path):
         raise TrainingError(f"{path}: cannot load the --init model ({type(exc).__name__}: {exc})") from None
 
 
-def _init_model(cfg: TrainConfig, path: Path, report: Reporter = lambda _: None):
+def _init_model(cfg: TrainConfig, path: Path, report: Reporter = lambda _: None, source=None):
     """A fresh U-Net of cfg's shape carrying the weights of the model in ``path`` (any input size).
 
     Layers are matched by name; those whose shapes differ (a narrower decoder, say) start fresh, so a
     model can be fine-tuned into a cheaper or wider variant of itself. The encoder must carry over whole.
+    ``source`` is that model when the caller has already loaded it.
     """
     from .model import build_unet
 
-    source = _load_init(path)
+    if source is None:
+        source = _load_init(path)
     model = build_unet(replace(cfg.model_config(), encoder_weights="none"))
     theirs = {layer.name: layer for layer in source.layers if layer.weights}
     carried, fresh = [], []
@@ -388,10 +390,12 @@ def train(
         raise TrainingError(f"unknown source weighting {cfg.source_weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
     if cfg.quantize not in QUANTIZE:
         raise TrainingError(f"unknown quantization {cfg.quantize!r}; choose one of {', '.join(QUANTIZE)}")
+    init_source = None  # the --init model, loaded once: its head is needed before the run folder is written
     if not resume and cfg.init:
         _check_init(Path(cfg.init))
+        init_source = _load_init(Path(cfg.init))
         if cfg.head == "auto":
-            cfg = replace(cfg, head=head_of(_load_init(Path(cfg.init))))
+            cfg = replace(cfg, head=head_of(init_source))
     elif not resume and cfg.encoder == "mobilenetv2":
         from .model import resolve_encoder_weights
 
@@ -493,7 +497,7 @@ def train(
             model = keras.saving.load_model(run / "checkpoints" / "last.keras", safe_mode=True)
         else:
             if cfg.init:
-                model, fresh = _init_model(cfg, Path(cfg.init), report)
+                model, fresh = _init_model(cfg, Path(cfg.init), report, source=init_source)
                 if fresh:
                     _warm_up(model, fresh, train_ds, cfg, report, verbose=1 if live_bar else 0)
             else:

@@ -163,7 +163,7 @@ def test_subpixel_head_is_fine_tuned_from_a_unet_head_model(tmp_path: Path):
 
 
 def test_fine_tuning_keeps_the_init_models_head_unless_told(manifest_data: Path, tmp_path: Path):
-    """The shipped model has the subpixel head: `train --init` without --head must not swap in a unet head."""
+    """`train --init` of a subpixel model without --head must not swap in a unet head; --head overrides it."""
     from bgremove.model import ModelConfig, build_unet, head_of
 
     assert [head_of(build_unet(ModelConfig(size=32, encoder_weights="none", head=h))) for h in HEADS] == list(HEADS)
