@@ -56,7 +56,7 @@ class TrainConfig:
     # MobileNetV2 decoder widths, coarsest (1/16) to finest (1/1); the last two run at 1/2 and full
     # resolution and cost most of the model's time.
     decoder_filters: tuple[int, ...] = (96, 64, 48, 32, 16)
-    # Full-resolution level: unet, light or subpixel (see model.ModelConfig); "auto" is the --init model's
+    # Full-resolution level: unet, light, subpixel or lean (see model.ModelConfig); "auto" is the --init model's
     # (so fine-tuning the shipped model keeps its architecture), else unet.
     head: str = "auto"
     val_split: float = 0.1
@@ -317,7 +317,7 @@ def _init_model(cfg: TrainConfig, path: Path, report: Reporter = lambda _: None,
         source = _load_init(path)
     model = build_unet(replace(cfg.model_config(), encoder_weights="none"))
     theirs = {layer.name: layer for layer in source.layers if layer.weights}
-    carried, fresh = [], []
+    carried, converted, fresh = [], [], []
     for layer in model.layers:
         if not layer.weights:
             continue
@@ -325,16 +325,51 @@ def _init_model(cfg: TrainConfig, path: Path, report: Reporter = lambda _: None,
         if other is not None and [w.shape for w in other.weights] == [w.shape for w in layer.weights]:
             layer.set_weights(other.get_weights())
             carried.append(layer.name)
+        elif _convert_separable(layer, theirs):
+            converted.append(layer.name)
         else:
             fresh.append(layer.name)
     encoder_fresh = [name for name in fresh if not name.startswith(("dec", "head", "alpha"))]
     if encoder_fresh or not carried:
         raise TrainingError(f"{path}: its layers do not match a {cfg.encoder} U-Net as configured "
                             f"(give the --encoder/--base-filters/--depth it was trained with)")
+    if converted:
+        blocks = sorted({re.sub(r"_(pw|dw)\d*$", "", name) for name in converted})
+        report(f"init: the separable convs of {', '.join(blocks)} turned pointwise-first (the warm-up fits them)")
+        # Their batch norms saw the old convs' outputs: the warm-up refits them too.
     if fresh:
         levels = sorted({re.sub(r"_(conv|bn)\d+$", "", name) for name in fresh})
         report(f"init: {len(carried)} layers from {path}; new (trained from scratch): {', '.join(levels)}")
+    if converted:
+        # Their batch norms saw the old convs' outputs: the warm-up refits them too.
+        norms = {re.sub(r"_(pw|dw)(\d*)$", r"_bn\2", name) for name in converted}
+        fresh += converted + [name for name in carried if name in norms]
     return model, fresh
+
+
+def _convert_separable(layer, theirs: dict) -> bool:
+    """Fill a pointwise-first conv pair (``X_pw``, ``X_dw``; see model._conv_block) from the separable
+    conv ``X_conv`` of the --init model, so a model can be fine-tuned into its lean variant.
+
+    The 1x1 conv takes the old pointwise kernel as is. Each output channel's 3x3 filter starts as the
+    average of the old per-input filters, weighted by how much each input feeds that channel: the pair
+    begins close to the old conv, not from scratch. False when there is no such conv of fitting shape.
+    """
+    match = re.fullmatch(r"(.+)_(pw|dw)(\d*)", layer.name)
+    other = theirs.get(f"{match[1]}_conv{match[3]}") if match else None
+    if other is None or len(other.weights) != 2:
+        return False
+    depthwise, pointwise = (np.asarray(w) for w in other.get_weights())  # (3, 3, in, 1), (1, 1, in, out)
+    if match[2] == "pw":
+        weights = pointwise
+    else:
+        share = np.abs(pointwise[0, 0])  # (in, out)
+        share = share / np.maximum(share.sum(axis=0, keepdims=True), 1e-12)
+        weights = np.einsum("hwi,io->hwo", depthwise[..., 0], share)[..., np.newaxis]
+    if [tuple(w.shape) for w in layer.weights] != [weights.shape]:
+        return False
+    layer.set_weights([weights])
+    return True
 
 
 def _warm_up(model, fresh: list[str], train_ds, cfg: TrainConfig, report: Reporter, verbose: int = 0) -> None:

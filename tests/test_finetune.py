@@ -162,6 +162,37 @@ def test_subpixel_head_is_fine_tuned_from_a_unet_head_model(tmp_path: Path):
     assert out.shape == (2, 64, 64, 1) and 0 <= out.min() and out.max() <= 1
 
 
+def test_lean_head_is_fine_tuned_from_a_subpixel_model(tmp_path: Path):
+    """--head lean from a subpixel model: each separable decoder conv becomes a 1x1 conv with its pointwise
+    kernel and a depthwise conv whose filters are the old ones averaged by the pointwise weights; the
+    converted convs and their batch norms are what the warm-up fits, everything else carries over as is."""
+    from bgremove.model import ModelConfig, build_unet
+
+    source = tmp_path / "sub.keras"
+    sub = build_unet(ModelConfig(size=32, encoder_weights="none", head="subpixel"))
+    rng = np.random.default_rng(0)
+    for layer in sub.layers:  # distinct weights everywhere, so a wrong transfer shows
+        layer.set_weights([rng.normal(0, 0.3, w.shape).astype("float32") for w in layer.get_weights()])
+    sub.save(source)
+    lines: list[str] = []
+    lean, fresh = _init_model(TrainConfig(data="-", size=64, encoder_weights="none", head="lean"), source,
+                              report=lines.append)
+    assert lines == ["init: the separable convs of dec0, dec1, dec2, dec3, head turned pointwise-first "
+                     "(the warm-up fits them)"]
+    dw, pw = sub.get_layer("dec2_conv1").get_weights()  # (3, 3, 112, 1), (1, 1, 112, 48)
+    np.testing.assert_array_equal(lean.get_layer("dec2_pw1").get_weights()[0], pw)
+    share = np.abs(pw[0, 0, :, 5]) / np.abs(pw[0, 0, :, 5]).sum()
+    want = (dw[:, :, :, 0] * share).sum(axis=-1)  # output channel 5's filter
+    np.testing.assert_allclose(lean.get_layer("dec2_dw1").get_weights()[0][:, :, 5, 0], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(lean.get_layer("head_pw").get_weights()[0], sub.get_layer("head_conv").get_weights()[1])
+    assert "dec3_pw2" not in {layer.name for layer in lean.layers}  # one conv at half resolution
+    assert {"dec2_pw1", "dec2_dw1", "dec2_bn1", "head_dw", "head_bn", "dec3_bn1"} <= set(fresh)
+    assert not {"head_rgb", "alpha", "alpha_detail", "dec3_bn2", "Conv1"} & set(fresh)
+    for name in ("head_rgb", "alpha", "alpha_detail", "dec2_bn1", "block_1_expand"):
+        for a, b in zip(lean.get_layer(name).get_weights(), sub.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_fine_tuning_keeps_the_init_models_head_unless_told(manifest_data: Path, tmp_path: Path):
     """`train --init` of a subpixel model without --head must not swap in a unet head; --head overrides it."""
     from bgremove.model import ModelConfig, build_unet, head_of

@@ -125,10 +125,11 @@ def test_calibration_skips_unreadable_photos_and_needs_one(tmp_path):
     assert calibration_inputs(many * 10, (32, 32), limit=10).shape[0] == 10
 
 
-def test_subpixel_head_lays_each_cells_four_alphas_out_as_pixels(tmp_path):
+@pytest.mark.parametrize("head", ["subpixel", "lean"])
+def test_subpixel_head_lays_each_cells_four_alphas_out_as_pixels(tmp_path, head):
     """No layer runs at full resolution; the detail layer's channel 2*i + j of a half-resolution cell is
     pixel (i, j) of it, added to a bilinearly upsampled smooth logit, in Keras and in both LiteRT exports."""
-    model = build_unet(ModelConfig(encoder="mobilenetv2", size=64, encoder_weights="none", head="subpixel"))
+    model = build_unet(ModelConfig(encoder="mobilenetv2", size=64, encoder_weights="none", head=head))
     assert [layer.name for layer in model.layers if layer.weights and layer.output.shape[1] == 64] == []
     x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
     smooth, detail = model.get_layer("alpha"), model.get_layer("alpha_detail")
@@ -150,3 +151,22 @@ def test_subpixel_head_lays_each_cells_four_alphas_out_as_pixels(tmp_path):
     np.testing.assert_allclose(LiteRTRuntime(tmp_path / "f.tflite").predict(x), want, atol=1e-4)
     export_tflite(model, tmp_path / "q.tflite", x)
     np.testing.assert_allclose(LiteRTRuntime(tmp_path / "q.tflite").predict(x), want, atol=0.03)
+
+
+def test_lean_decoder_filters_the_fewer_channels_and_has_one_conv_at_half_resolution():
+    """Every decoder conv of the lean model is a 1x1 conv to its width and then a 3x3 depthwise conv on
+    that width (not on the wider concatenation it reads); the half-resolution level has a single one."""
+    from keras import layers
+
+    cfg = ModelConfig(encoder="mobilenetv2", size=64, encoder_weights="none", head="lean")
+    model = build_unet(cfg)
+    decoder = [layer for layer in model.layers if layer.name.startswith(("dec", "head_pw", "head_dw"))]
+    assert not [layer.name for layer in decoder if isinstance(layer, layers.SeparableConv2D)]
+    widths = dict(zip(["dec0", "dec1", "dec2", "dec3", "head"], cfg.decoder_filters))
+    depthwise = [layer for layer in decoder if isinstance(layer, layers.DepthwiseConv2D)]
+    assert [layer.name for layer in depthwise] == [
+        "dec0_dw1", "dec0_dw2", "dec1_dw1", "dec1_dw2", "dec2_dw1", "dec2_dw2", "dec3_dw1", "head_dw"]
+    for layer in depthwise:
+        assert layer.input.shape[-1] == widths[layer.name.split("_")[0]], layer.name
+    assert model.get_layer("dec3_pw1").input.shape[-1] == 48 + 48  # the upsampled features and the skip
+    assert model.output.shape == (None, 64, 64, 1)
