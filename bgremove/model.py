@@ -64,7 +64,7 @@ class ModelConfig:
 
 
 def _conv_block(x, filters: int, name: str, separable: bool = False, pointwise_first: bool = False, convs: int = 2):
-    """Two 3x3 conv + batch norm + ReLU, the U-Net's basic unit.
+    """``convs`` (two) times 3x3 conv + batch norm + ReLU, the U-Net's basic unit.
 
     ``pointwise_first`` turns each separable conv around: a 1x1 conv to ``filters`` channels, then the
     3x3 depthwise conv on those. A decoder conv takes more channels than it gives (the upsampled

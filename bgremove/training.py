@@ -336,7 +336,6 @@ def _init_model(cfg: TrainConfig, path: Path, report: Reporter = lambda _: None,
     if converted:
         blocks = sorted({re.sub(r"_(pw|dw)\d*$", "", name) for name in converted})
         report(f"init: the separable convs of {', '.join(blocks)} turned pointwise-first (the warm-up fits them)")
-        # Their batch norms saw the old convs' outputs: the warm-up refits them too.
     if fresh:
         levels = sorted({re.sub(r"_(conv|bn)\d+$", "", name) for name in fresh})
         report(f"init: {len(carried)} layers from {path}; new (trained from scratch): {', '.join(levels)}")
@@ -352,8 +351,10 @@ def _convert_separable(layer, theirs: dict) -> bool:
     conv ``X_conv`` of the --init model, so a model can be fine-tuned into its lean variant.
 
     The 1x1 conv takes the old pointwise kernel as is. Each output channel's 3x3 filter starts as the
-    average of the old per-input filters, weighted by how much each input feeds that channel: the pair
-    begins close to the old conv, not from scratch. False when there is no such conv of fitting shape.
+    average of the old per-input filters, weighted by how much each input feeds that channel. So the pair
+    starts from what the old conv learnt rather than from random weights; its output statistics still
+    change, so the batch norm after it is refitted in the warm-up (before it, run 8's alpha converted this
+    way was empty; after one pass the loss was 0.26). False when there is no such conv of fitting shape.
     """
     match = re.fullmatch(r"(.+)_(pw|dw)(\d*)", layer.name)
     other = theirs.get(f"{match[1]}_conv{match[3]}") if match else None
