@@ -45,7 +45,7 @@ class ModelConfig:
     # RGB input; "light" squeezes the features to 8 channels before upsampling and refines them with one
     # separable conv, for ~30 % less model time (the full-resolution block is half of the int8 model's time);
     # "subpixel" works at half resolution only and adds detail to each 2x2 cell's four alphas (see
-    # _subpixel_alpha), for ~35 % less; "lean" is subpixel with a cheaper decoder (see _conv_block's
+    # _subpixel_alpha), for ~35 % less; "lean" is subpixel with a cheaper decoder (see _separable_conv's
     # pointwise_first), for ~45 % less.
     head: str = "unet"
     # Batch-norm momentum of every layer. Keras' MobileNetV2 uses 0.999, whose moving statistics lag
@@ -63,22 +63,28 @@ class ModelConfig:
         return cls(**known)
 
 
-def _conv_block(x, filters: int, name: str, separable: bool = False, pointwise_first: bool = False, convs: int = 2):
-    """``convs`` (two) times 3x3 conv + batch norm + ReLU, the U-Net's basic unit.
+def _separable_conv(x, filters: int, name: str, suffix: str | int = "", pointwise_first: bool = False):
+    """A 3x3 separable conv ``{name}_conv{suffix}``, or turned around (``pointwise_first``): a 1x1 conv
+    ``{name}_pw{suffix}`` to ``filters`` channels, then the 3x3 depthwise conv ``{name}_dw{suffix}`` on those.
 
-    ``pointwise_first`` turns each separable conv around: a 1x1 conv to ``filters`` channels, then the
-    3x3 depthwise conv on those. A decoder conv takes more channels than it gives (the upsampled
-    features plus the skip), and int8 depthwise convs are what XNNPACK runs slowest (measured: 2.1 ms
-    for 96 channels at 176x176, against 0.7 ms for the 1x1 conv from 96 to 32 channels), so filtering
-    the fewer output channels saves most of the decoder's time.
+    A decoder conv takes more channels than it gives (the upsampled features plus the skip), and int8
+    depthwise convs are what XNNPACK runs slowest (measured: 2.1 ms for 96 channels at 176x176, against
+    0.7 ms for the 1x1 conv from 96 to 32 channels), so filtering the fewer output channels saves most of
+    the decoder's time. training._convert_separable relies on these names.
     """
+    if pointwise_first:
+        x = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_pw{suffix}")(x)
+        return layers.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"{name}_dw{suffix}")(x)
+    return layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{suffix}")(x)
+
+
+def _conv_block(x, filters: int, name: str, separable: bool = False, pointwise_first: bool = False, convs: int = 2):
+    """``convs`` (two) times 3x3 conv + batch norm + ReLU, the U-Net's basic unit (see _separable_conv)."""
     for i in range(1, convs + 1):
-        if pointwise_first:
-            x = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_pw{i}")(x)
-            x = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"{name}_dw{i}")(x)
+        if separable or pointwise_first:
+            x = _separable_conv(x, filters, name, i, pointwise_first)
         else:
-            conv = layers.SeparableConv2D if separable else layers.Conv2D
-            x = conv(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
         x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
         x = layers.ReLU(name=f"{name}_relu{i}")(x)
     return x
@@ -145,7 +151,7 @@ def _mobilenet_unet(cfg: ModelConfig, inputs):
     x = layers.ReLU(name="head_squeeze_relu")(x)
     x = layers.UpSampling2D(2, interpolation="bilinear", name="head_up")(x)
     x = layers.Concatenate(name="head_concat")([x, rgb])
-    x = layers.SeparableConv2D(cfg.decoder_filters[-1], 3, padding="same", use_bias=False, name="head_conv")(x)
+    x = _separable_conv(x, cfg.decoder_filters[-1], "head")
     x = layers.BatchNormalization(name="head_bn")(x)
     return layers.ReLU(name="head_relu")(x)
 
@@ -157,11 +163,7 @@ def _subpixel_head(x, rgb, filters: int, pointwise_first: bool = False):
     """
     cells = layers.Conv2D(16, 2, strides=2, use_bias=False, name="head_rgb")(rgb)
     x = layers.Concatenate(name="head_concat")([x, cells])
-    if pointwise_first:
-        x = layers.Conv2D(filters, 1, use_bias=False, name="head_pw")(x)
-        x = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="head_dw")(x)
-    else:
-        x = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name="head_conv")(x)
+    x = _separable_conv(x, filters, "head", pointwise_first=pointwise_first)
     x = layers.BatchNormalization(name="head_bn")(x)
     return layers.ReLU(name="head_relu")(x)
 

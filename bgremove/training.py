@@ -333,21 +333,21 @@ def _init_model(cfg: TrainConfig, path: Path, report: Reporter = lambda _: None,
     if encoder_fresh or not carried:
         raise TrainingError(f"{path}: its layers do not match a {cfg.encoder} U-Net as configured "
                             f"(give the --encoder/--base-filters/--depth it was trained with)")
+    refit = []  # for the warm-up, besides the fresh layers
     if converted:
         blocks = sorted({re.sub(r"_(pw|dw)\d*$", "", name) for name in converted})
         report(f"init: the separable convs of {', '.join(blocks)} turned pointwise-first (the warm-up fits them)")
+        # Their batch norms saw the old convs' outputs: the warm-up refits them too.
+        norms = {re.sub(r"_(pw|dw)(\d*)$", r"_bn\2", name) for name in converted}
+        refit = converted + [name for name in carried if name in norms]
     if fresh:
         levels = sorted({re.sub(r"_(conv|bn)\d+$", "", name) for name in fresh})
         report(f"init: {len(carried)} layers from {path}; new (trained from scratch): {', '.join(levels)}")
-    if converted:
-        # Their batch norms saw the old convs' outputs: the warm-up refits them too.
-        norms = {re.sub(r"_(pw|dw)(\d*)$", r"_bn\2", name) for name in converted}
-        fresh += converted + [name for name in carried if name in norms]
-    return model, fresh
+    return model, fresh + refit
 
 
 def _convert_separable(layer, theirs: dict) -> bool:
-    """Fill a pointwise-first conv pair (``X_pw``, ``X_dw``; see model._conv_block) from the separable
+    """Fill a pointwise-first conv pair (``X_pw``, ``X_dw``; see model._separable_conv) from the separable
     conv ``X_conv`` of the --init model, so a model can be fine-tuned into its lean variant.
 
     The 1x1 conv takes the old pointwise kernel as is. Each output channel's 3x3 filter starts as the
@@ -360,7 +360,7 @@ def _convert_separable(layer, theirs: dict) -> bool:
     other = theirs.get(f"{match[1]}_conv{match[3]}") if match else None
     if other is None or len(other.weights) != 2:
         return False
-    depthwise, pointwise = (np.asarray(w) for w in other.get_weights())  # (3, 3, in, 1), (1, 1, in, out)
+    depthwise, pointwise = other.get_weights()  # (3, 3, in, 1), (1, 1, in, out)
     if match[2] == "pw":
         weights = pointwise
     else:
