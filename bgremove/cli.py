@@ -77,8 +77,8 @@ def train(
     ] = "96,64,48,32,16",
     head: Annotated[
         str, typer.Option(help="MobileNetV2 full-resolution level: unet (a decoder block), light (~30% faster), subpixel "
-                                  "(~35% faster: no full-resolution layer), lean (subpixel with a cheaper decoder, ~45% faster) "
-                                  "or auto (--init's, else unet).")
+                                  "(~35% faster: no full-resolution layer), lean (subpixel with a cheaper decoder, ~45% faster), "
+                                  "lean-half (lean at half resolution only, ~40% faster) or auto (--init's, else unet).")
     ] = "auto",
     val_split: Annotated[float, typer.Option(help="Fraction of groups held out for validation.")] = 0.1,
     seed: Annotated[int, typer.Option()] = 0,

@@ -22,7 +22,8 @@ import numpy as np
 from keras import layers
 
 ENCODERS = ("mobilenetv2", "classic")
-HEADS = ("unet", "light", "subpixel", "lean")
+HEADS = ("unet", "light", "subpixel", "lean", "lean-half")
+SUBPIXEL_HEADS = ("subpixel", "lean", "lean-half")
 
 # MobileNetV2 layers whose outputs feed the decoder, finest first (1/2, 1/4, 1/8, 1/16), and the bottleneck (1/32).
 MOBILENET_SKIPS = ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu")
@@ -46,7 +47,9 @@ class ModelConfig:
     # separable conv, for ~30 % less model time (the full-resolution block is half of the int8 model's time);
     # "subpixel" works at half resolution only and adds detail to each 2x2 cell's four alphas (see
     # _subpixel_alpha), for ~35 % less; "lean" is subpixel with a cheaper decoder (see _separable_conv's
-    # pointwise_first), for ~45 % less.
+    # pointwise_first) and one conv at half resolution, for ~45 % less; "lean-half" makes only the
+    # half-resolution level and the head lean, for ~40 % less, so a subpixel model fine-tuned into it keeps
+    # its coarser levels as trained.
     head: str = "unet"
     # Batch-norm momentum of every layer. Keras' MobileNetV2 uses 0.999, whose moving statistics lag
     # fine-tuned weights by thousands of steps, so inference-mode accuracy trails training badly.
@@ -134,16 +137,18 @@ def _mobilenet_unet(cfg: ModelConfig, inputs):
                 encoder.get_layer(layer.name).set_weights(layer.get_weights())
     skips = [encoder.get_layer(name).output for name in MOBILENET_SKIPS]
     x = encoder.get_layer(MOBILENET_BOTTLENECK).output
-    lean = cfg.head == "lean"
+    lean = cfg.head in ("lean", "lean-half")
     for i, (skip, filters) in enumerate(zip(reversed(skips), cfg.decoder_filters)):
+        half = i == len(skips) - 1
         # lean: one conv at half resolution (the head adds another), where a conv costs 4x the level below.
-        convs = 1 if lean and i == len(skips) - 1 else 2
-        x = _up_block(x, skip, filters, f"dec{i}", separable=True, pointwise_first=lean, convs=convs)
+        convs = 1 if lean and half else 2
+        pointwise_first = cfg.head == "lean" or (lean and half)
+        x = _up_block(x, skip, filters, f"dec{i}", separable=True, pointwise_first=pointwise_first, convs=convs)
     # Last level at full resolution: the RGB input itself is the skip, so edges can follow the photo.
     rgb = layers.Rescaling(1 / 255.0, name="rgb_skip")(inputs)
     if cfg.head == "unet":
         return _up_block(x, rgb, cfg.decoder_filters[-1], "dec_full", separable=True)
-    if cfg.head in ("subpixel", "lean"):
+    if cfg.head in SUBPIXEL_HEADS:
         return _subpixel_head(x, rgb, cfg.decoder_filters[-1], pointwise_first=lean)
     # Light head: few channels cross to full resolution, where every op costs 4x the half-resolution one.
     x = layers.Conv2D(8, 1, use_bias=False, name="head_squeeze")(x)
@@ -205,7 +210,9 @@ def head_of(model: keras.Model) -> str:
     """Which full-resolution level (``ModelConfig.head``) a built or loaded model has."""
     names = {layer.name for layer in model.layers}
     if "alpha_detail" in names:
-        return "lean" if "head_pw" in names else "subpixel"
+        if "head_pw" not in names:
+            return "subpixel"
+        return "lean" if "dec0_pw1" in names else "lean-half"
     return "light" if "head_squeeze" in names else "unet"
 
 
@@ -220,7 +227,7 @@ def build_unet(cfg: ModelConfig) -> keras.Model:
         raise ValueError(f"--size must be a multiple of {multiple} for the {cfg.encoder} encoder")
     inputs = keras.Input((cfg.size, cfg.size, 3), name="image")
     x = _mobilenet_unet(cfg, inputs) if cfg.encoder == "mobilenetv2" else _classic_unet(cfg, inputs)
-    if cfg.encoder == "mobilenetv2" and cfg.head in ("subpixel", "lean"):
+    if cfg.encoder == "mobilenetv2" and cfg.head in SUBPIXEL_HEADS:
         alpha = _subpixel_alpha(x, cfg.size)
     else:
         alpha = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="alpha")(x)

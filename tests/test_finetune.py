@@ -193,6 +193,28 @@ def test_lean_head_is_fine_tuned_from_a_subpixel_model(tmp_path: Path):
             np.testing.assert_array_equal(a, b)
 
 
+
+def test_lean_half_head_converts_only_the_half_resolution_level_and_the_head(tmp_path: Path):
+    """--head lean-half from a subpixel model keeps dec0-dec2's trained separable convs and their batch
+    norms as they are: only dec3 and the head are turned around and fitted in the warm-up."""
+    from bgremove.model import ModelConfig, build_unet
+
+    source = tmp_path / "sub.keras"
+    sub = build_unet(ModelConfig(size=32, encoder_weights="none", head="subpixel"))
+    rng = np.random.default_rng(0)
+    for layer in sub.layers:
+        layer.set_weights([rng.normal(0, 0.3, w.shape).astype("float32") for w in layer.get_weights()])
+    sub.save(source)
+    lines: list[str] = []
+    half, fresh = _init_model(TrainConfig(data="-", size=64, encoder_weights="none", head="lean-half"), source,
+                              report=lines.append)
+    assert lines == ["init: the separable convs of dec3, head turned pointwise-first (the warm-up fits them)"]
+    assert set(fresh) == {"dec3_pw1", "dec3_dw1", "dec3_bn1", "head_pw", "head_dw", "head_bn"}
+    np.testing.assert_array_equal(half.get_layer("dec3_pw1").get_weights()[0], sub.get_layer("dec3_conv1").get_weights()[1])
+    for name in ("dec0_conv1", "dec2_conv2", "dec2_bn2", "head_rgb", "alpha_detail"):
+        for a, b in zip(half.get_layer(name).get_weights(), sub.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+
 def test_fine_tuning_keeps_the_init_models_head_unless_told(manifest_data: Path, tmp_path: Path):
     """`train --init` of a subpixel model without --head must not swap in a unet head; --head overrides it."""
     from bgremove.model import ModelConfig, build_unet, head_of

@@ -6,7 +6,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from bgremove.model import ModelConfig, build_unet, calibration_inputs, export_tflite  # noqa: E402
+from bgremove.model import ModelConfig, build_unet, calibration_inputs, export_tflite, head_of  # noqa: E402
 from bgremove.pipeline import to_model_input  # noqa: E402
 from bgremove.runtime import KerasRuntime, LiteRTRuntime, ModelError, load_runtime  # noqa: E402
 
@@ -125,7 +125,7 @@ def test_calibration_skips_unreadable_photos_and_needs_one(tmp_path):
     assert calibration_inputs(many * 10, (32, 32), limit=10).shape[0] == 10
 
 
-@pytest.mark.parametrize("head", ["subpixel", "lean"])
+@pytest.mark.parametrize("head", ["subpixel", "lean", "lean-half"])
 def test_subpixel_head_lays_each_cells_four_alphas_out_as_pixels(tmp_path, head):
     """No layer runs at full resolution; the detail layer's channel 2*i + j of a half-resolution cell is
     pixel (i, j) of it, added to a bilinearly upsampled smooth logit, in Keras and in both LiteRT exports."""
@@ -153,19 +153,24 @@ def test_subpixel_head_lays_each_cells_four_alphas_out_as_pixels(tmp_path, head)
     np.testing.assert_allclose(LiteRTRuntime(tmp_path / "q.tflite").predict(x), want, atol=0.03)
 
 
-def test_lean_decoder_filters_the_fewer_channels_and_has_one_conv_at_half_resolution():
-    """Every decoder conv of the lean model is a 1x1 conv to its width and then a 3x3 depthwise conv on
-    that width (not on the wider concatenation it reads); the half-resolution level has a single one."""
+@pytest.mark.parametrize("head, lean_levels", [("lean", ["dec0", "dec1", "dec2", "dec3"]), ("lean-half", ["dec3"])])
+def test_lean_decoder_filters_the_fewer_channels_and_has_one_conv_at_half_resolution(head, lean_levels):
+    """Every lean decoder conv is a 1x1 conv to its width and then a 3x3 depthwise conv on that width (not
+    on the wider concatenation it reads); the half-resolution level has a single one. lean-half keeps the
+    coarser levels' separable convs, so a subpixel model fine-tuned into it keeps them as trained."""
     from keras import layers
 
-    cfg = ModelConfig(encoder="mobilenetv2", size=64, encoder_weights="none", head="lean")
+    cfg = ModelConfig(encoder="mobilenetv2", size=64, encoder_weights="none", head=head)
     model = build_unet(cfg)
+    assert head_of(model) == head
     decoder = [layer for layer in model.layers if layer.name.startswith(("dec", "head_pw", "head_dw"))]
-    assert not [layer.name for layer in decoder if isinstance(layer, layers.SeparableConv2D)]
+    separable = [f"{level}_conv{i}" for level in ("dec0", "dec1", "dec2") if level not in lean_levels for i in (1, 2)]
+    assert [layer.name for layer in decoder if isinstance(layer, layers.SeparableConv2D)] == separable
     widths = dict(zip(["dec0", "dec1", "dec2", "dec3", "head"], cfg.decoder_filters))
     depthwise = [layer for layer in decoder if isinstance(layer, layers.DepthwiseConv2D)]
+    convs = {level: (1,) if level == "dec3" else (1, 2) for level in lean_levels}
     assert [layer.name for layer in depthwise] == [
-        "dec0_dw1", "dec0_dw2", "dec1_dw1", "dec1_dw2", "dec2_dw1", "dec2_dw2", "dec3_dw1", "head_dw"]
+        f"{level}_dw{i}" for level in lean_levels for i in convs[level]] + ["head_dw"]
     for layer in depthwise:
         assert layer.input.shape[-1] == widths[layer.name.split("_")[0]], layer.name
     assert model.get_layer("dec3_pw1").input.shape[-1] == 48 + 48  # the upsampled features and the skip
