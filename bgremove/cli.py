@@ -189,6 +189,7 @@ def cut(
     crop: Annotated[bool, typer.Option("--crop", help="Crop the output to the subject's bounding box (all visible pixels); the full frame if nothing is kept.")] = False,
     margin: Annotated[str, typer.Option(help="--crop: space around the subject, in pixels (20) or percent of the subject's box (5%); clipped to the photo.")] = "0",
     model: Annotated[Optional[Path], typer.Option(help="A .tflite or .keras model (default: the shipped model).")] = None,
+    tta: Annotated[bool, typer.Option("--tta", help="Also run the model on the mirrored photo and average the two alphas (test-time augmentation): cleaner edges, twice the model time.")] = False,
     threshold: Annotated[
         Optional[float], typer.Option(min=0.0, max=1.0, help="Hard mask at this alpha; default keeps the soft alpha.")
     ] = None,
@@ -230,7 +231,8 @@ def cut(
 
     def load_remover(threads: int | None) -> Remover:
         try:
-            return Remover(model, size=size, threads=threads, device=device, max_pixels=max_pixels, options=options)
+            return Remover(model, size=size, threads=threads, device=device, max_pixels=max_pixels, options=options,
+                           tta=tta)
         except ModelError as exc:
             fail(str(exc))
 
@@ -409,6 +411,7 @@ def evaluate(
     refine: Annotated[bool, typer.Option("--refine", help="Score the alphas as `cut --refine` writes them.")] = False,
     clean: Annotated[bool, typer.Option("--clean", help="Score the alphas as `cut --clean` writes them.")] = False,
     largest: Annotated[bool, typer.Option("--largest", help="Score the alphas as `cut --largest` writes them.")] = False,
+    tta: Annotated[bool, typer.Option("--tta", help="Score the alphas as `cut --tta` writes them.")] = False,
     limit: Annotated[int, typer.Option(help="Score at most N pairs, spread over the set (0 = all).")] = 0,
     threads: Annotated[Optional[int], typer.Option(help="Model threads.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts).")] = False,
@@ -438,7 +441,7 @@ def evaluate(
         labels = _model_labels(models)
         for path, label in zip(models or [None], labels):
             options = CutOptions(threshold=threshold, refine=refine, clean=clean, largest=largest)
-            remover = Remover(path, threads=threads, options=options)
+            remover = Remover(path, threads=threads, options=options, tta=tta)
             candidates.append(remover_candidate(remover, label))
     except (DataError, EvalError, ModelError) as exc:
         fail(str(exc))
@@ -453,7 +456,7 @@ def evaluate(
             fail(str(exc))
     header = {"data": str(data), "split": split, "images": len(samples), "run": str(run) if run else "-",
               "segmentation": "prediction binarised at 0.5" + (f" (hard mask at {threshold})" if threshold else ""),
-              "options": ", ".join(name for name, on in (("refine", refine), ("clean", clean), ("largest", largest))
+              "options": ", ".join(name for name, on in (("refine", refine), ("clean", clean), ("largest", largest), ("tta", tta))
                                    if on) or "none",
               "matting": "soft alpha over the whole image, at the ground truth's resolution"}
     index = write_report(result, out_dir, run, header)

@@ -193,8 +193,12 @@ class Remover:
         device: str = "auto",
         max_pixels: int = DEFAULT_MAX_PIXELS,
         options: CutOptions | None = None,
+        tta: bool = False,
     ):
         self.runtime: Runtime = load_runtime(model, size=size, threads=threads, device=device)
+        # Test-time augmentation: each photo also goes through the model mirrored, and the two alphas
+        # are averaged. The model is not mirror-symmetric, so part of its error cancels out.
+        self.tta = tta
         self.options = options or CutOptions()
         if threshold is not None:
             self.options = replace(self.options, threshold=threshold)
@@ -235,7 +239,12 @@ class Remover:
         """One batched model call on model_input() arrays -> alphas at the model's size (none for none)."""
         if not inputs:
             return np.zeros((0, *self.runtime.size), np.float32)
-        return self.runtime.predict(np.stack(inputs))
+        batch = np.stack(inputs)
+        alphas = self.runtime.predict(batch)
+        if self.tta:
+            mirrored = self.runtime.predict(np.ascontiguousarray(batch[:, :, ::-1]))
+            alphas = (alphas + mirrored[:, :, ::-1]) / 2
+        return alphas
 
     @staticmethod
     def photo_alpha(photo: Photo, small: np.ndarray) -> np.ndarray:

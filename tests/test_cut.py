@@ -87,6 +87,24 @@ def test_the_tiny_model_finds_the_figure(tmp_path: Path, tiny_tflite: Path):
     assert alpha[mask > 0].mean() > alpha[mask == 0].mean() + 0.3
 
 
+
+def test_tta_averages_the_photo_and_its_mirror_image(tmp_path: Path, tiny_tflite: Path):
+    """--tta: the alpha is the mean of the model's alpha and the mirrored alpha of the mirrored photo, so
+    it is exactly mirror-symmetric, which the model alone is not; cut writes that alpha."""
+    bgr, _ = synthetic_pair(7, 32, 32)  # the tiny model's own size: no resizing between photo and model
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    plain, tta = Remover(tiny_tflite), Remover(tiny_tflite, tta=True)
+    alpha, mirrored = plain.alpha(rgb), plain.alpha(rgb[:, ::-1].copy())[:, ::-1]
+    assert np.abs(alpha - mirrored).max() > 0.01
+    both = tta.alpha(rgb)
+    np.testing.assert_allclose(both, (alpha + mirrored) / 2, atol=1e-6)
+    np.testing.assert_allclose(tta.alpha(rgb[:, ::-1].copy()), both[:, ::-1], atol=1e-6)
+    cv2.imwrite(str(tmp_path / "p.png"), bgr)
+    result = runner.invoke(app, ["cut", str(tmp_path / "p.png"), "-o", str(tmp_path / "o"), "--mask", "--tta",
+                                 "--model", str(tiny_tflite)])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o" / "p.png")), tta.mask(tmp_path / "p.png"))
+
 def test_threshold_gives_a_hard_mask(tmp_path: Path, tiny_tflite: Path):
     write_photo(tmp_path / "p.png")
     result = runner.invoke(app, ["cut", str(tmp_path / "p.png"), "-o", str(tmp_path / "o"), "--threshold", "0.5",

@@ -75,14 +75,15 @@ def test_eval_scores_the_alpha_that_cut_writes(tmp_path: Path, tiny_tflite: Path
     from bgremove import CutOptions
 
     data = make_folders(tmp_path / "data", n=4)
-    for flags, options in ((["--threshold", "0.5"], CutOptions(threshold=0.5)), (["--refine"], CutOptions(refine=True))):
+    for flags, options, tta in ((["--threshold", "0.5"], CutOptions(threshold=0.5), False),
+                                (["--refine"], CutOptions(refine=True), False), (["--tta"], CutOptions(), True)):
         out = tmp_path / flags[0].strip("-")
         result = runner.invoke(app, ["eval", "--data", str(data), "--model", str(tiny_tflite), "--out", str(out), *flags])
         assert result.exit_code == 0, result.output
         with open(out / "metrics.csv", newline="") as fh:
             rows = list(csv.DictReader(fh))
         sample = discover(data).samples[1]
-        alpha = Remover(tiny_tflite, options=options).mask(sample.image).astype(np.float32) / 255.0
+        alpha = Remover(tiny_tflite, options=options, tta=tta).mask(sample.image).astype(np.float32) / 255.0
         gt = read_mask(sample.mask).astype(np.float32) / 255.0
         row = next(r for r in rows if r["stem"] == sample.stem)
         assert abs(float(row["sad"]) - all_metrics(alpha, gt)["sad"]) < 1e-5
