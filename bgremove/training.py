@@ -62,6 +62,8 @@ class TrainConfig:
     val_split: float = 0.1
     seed: int = 0
     dice_weight: float = 1.0
+    # Weight of the edge term (model.edge_loss): sharper, better placed edges; 0 = off.
+    edge_weight: float = 0.0
     patience: int = 8
     strategy: str = "default"
     cache: str = "auto"  # auto | memory | stream
@@ -388,7 +390,7 @@ def _warm_up(model, fresh: list[str], train_ds, cfg: TrainConfig, report: Report
     was = {layer.name: layer.trainable for layer in model.layers}
     for layer in model.layers:
         layer.trainable = layer.name in fresh  # frozen batch-norm layers also keep their statistics
-    model.compile(optimizer=keras.optimizers.Adam(cfg.lr * 10), loss=SegmentationLoss(dice_weight=cfg.dice_weight))
+    model.compile(optimizer=keras.optimizers.Adam(cfg.lr * 10), loss=SegmentationLoss(cfg.dice_weight, cfg.edge_weight))
     t0 = time.perf_counter()
     try:
         history = model.fit(train_ds, epochs=1, verbose=verbose, shuffle=False)
@@ -540,7 +542,7 @@ def train(
                 model = build_unet(cfg.model_config())
             model.compile(
                 optimizer=keras.optimizers.Adam(cfg.lr),
-                loss=SegmentationLoss(dice_weight=cfg.dice_weight),
+                loss=SegmentationLoss(cfg.dice_weight, cfg.edge_weight),
                 metrics=segmentation_metrics(),
             )
     initial_epoch = int(state.get("epochs_done", 0))

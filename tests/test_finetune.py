@@ -84,12 +84,18 @@ def test_cli_fine_tunes_from_a_model_and_rejects_bad_init_files(trained_run: Pat
     runner = CliRunner()
     run = tmp_path / "ft"
     result = runner.invoke(app, ["train", "--data", str(manifest_data), "--out", str(run), "--epochs", "1",
-                                 "--size", "48", "--init", str(trained_run / "model.keras"), *TINY])
+                                 "--size", "48", "--init", str(trained_run / "model.keras"), "--edge-weight", "2",
+                                 *TINY])
     assert result.exit_code == 0, result.output
     assert "sources drawn per epoch: a 6 pairs" in result.output
     assert (run / "model.tflite").is_file()
     config = json.loads((run / "config.json").read_text())
     assert config["init"] == str(trained_run / "model.keras") and config["head"] == "unet"
+    # The edge term is in the checkpoint's loss, so --resume trains with it too.
+    assert config["edge_weight"] == 2.0
+    import keras
+
+    assert keras.saving.load_model(run / "checkpoints" / "last.keras").loss.edge_weight == 2.0
 
     for bad, reason in [(trained_run / "model.tflite", "needs a .keras model"),
                         (tmp_path / "missing.keras", "not found")]:

@@ -175,3 +175,25 @@ def test_lean_decoder_filters_the_fewer_channels_and_has_one_conv_at_half_resolu
         assert layer.input.shape[-1] == widths[layer.name.split("_")[0]], layer.name
     assert model.get_layer("dec3_pw1").input.shape[-1] == 48 + 48  # the upsampled features and the skip
     assert model.output.shape == (None, 64, 64, 1)
+
+
+def test_edge_loss_wants_sharp_edges_in_the_right_place():
+    """The edge term is 0 for the mask itself; a blurred edge costs less than none, and a sharp edge two
+    pixels off costs more than a blurred one in the right place. SegmentationLoss adds it with its weight."""
+    from bgremove.model import SegmentationLoss, edge_loss
+
+    mask = np.zeros((1, 32, 32, 1), np.float32)
+    mask[:, 8:24, 10:22] = 1.0
+    blurred = cv2.GaussianBlur(mask[0, ..., 0], (0, 0), 1.5)[np.newaxis, ..., np.newaxis]
+    shifted = np.roll(mask, 2, axis=2)
+
+    def cost(pred):
+        return float(edge_loss(mask, pred)[0])
+
+    assert cost(mask) == 0.0
+    assert 0 < cost(blurred) < cost(np.zeros_like(mask)) < cost(shifted)
+    pred = np.clip(blurred, 0.01, 0.99)
+    plain, with_edges = SegmentationLoss(1.0), SegmentationLoss(1.0, edge_weight=5.0)
+    np.testing.assert_allclose(float(with_edges(mask, pred)) - float(plain(mask, pred)),
+                               5.0 * float(edge_loss(mask, pred)[0]), rtol=1e-5)
+    assert SegmentationLoss.from_config(with_edges.get_config()).edge_weight == 5.0
