@@ -117,8 +117,8 @@ def train(
     cfg = TrainConfig(
         data=str(data), out=str(resume or out_dir), layout=layout, epochs=epochs, batch_size=batch_size, size=size,
         lr=lr, encoder=encoder, encoder_weights=encoder_weights, base_filters=base_filters, depth=depth,
-        decoder_filters=widths, head=head, val_split=val_split, seed=seed, dice_weight=dice_weight, edge_weight=edge_weight, patience=patience,
-        strategy=strategy, cache=cache,
+        decoder_filters=widths, head=head, val_split=val_split, seed=seed, dice_weight=dice_weight,
+        edge_weight=edge_weight, patience=patience, strategy=strategy, cache=cache,
         limit=limit, source_weighting=source_weighting, paste_prob=paste_prob, init=str(init or ""),
         quantize=quantize,
     )
