@@ -375,6 +375,13 @@ def _convert_separable(layer, theirs: dict) -> bool:
     return True
 
 
+def _loss(cfg: TrainConfig):
+    """The loss the run trains with, as configured; the warm-up uses the same."""
+    from .model import SegmentationLoss
+
+    return SegmentationLoss(cfg.dice_weight, cfg.edge_weight)
+
+
 def _warm_up(model, fresh: list[str], train_ds, cfg: TrainConfig, report: Reporter, verbose: int = 0) -> None:
     """One pass over the data training only the layers --init could not fill, at 10x the learning rate.
 
@@ -385,12 +392,10 @@ def _warm_up(model, fresh: list[str], train_ds, cfg: TrainConfig, report: Report
     """
     import keras
 
-    from .model import SegmentationLoss
-
     was = {layer.name: layer.trainable for layer in model.layers}
     for layer in model.layers:
         layer.trainable = layer.name in fresh  # frozen batch-norm layers also keep their statistics
-    model.compile(optimizer=keras.optimizers.Adam(cfg.lr * 10), loss=SegmentationLoss(cfg.dice_weight, cfg.edge_weight))
+    model.compile(optimizer=keras.optimizers.Adam(cfg.lr * 10), loss=_loss(cfg))
     t0 = time.perf_counter()
     try:
         history = model.fit(train_ds, epochs=1, verbose=verbose, shuffle=False)
@@ -416,7 +421,7 @@ def train(
     import keras
 
     from . import tfdata
-    from .model import (HEADS, SegmentationLoss, build_unet, calibration_inputs, export_tflite, head_of,
+    from .model import (HEADS, build_unet, calibration_inputs, export_tflite, head_of,
                         segmentation_metrics)
 
     if cfg.head not in ("auto", *HEADS):
@@ -542,7 +547,7 @@ def train(
                 model = build_unet(cfg.model_config())
             model.compile(
                 optimizer=keras.optimizers.Adam(cfg.lr),
-                loss=SegmentationLoss(cfg.dice_weight, cfg.edge_weight),
+                loss=_loss(cfg),
                 metrics=segmentation_metrics(),
             )
     initial_epoch = int(state.get("epochs_done", 0))

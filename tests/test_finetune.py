@@ -168,18 +168,24 @@ def test_subpixel_head_is_fine_tuned_from_a_unet_head_model(tmp_path: Path):
     assert out.shape == (2, 64, 64, 1) and 0 <= out.min() and out.max() <= 1
 
 
+def _random_subpixel_model(path: Path):
+    """A subpixel model with distinct random weights everywhere (so a wrong transfer shows), saved to path."""
+    from bgremove.model import ModelConfig, build_unet
+
+    sub = build_unet(ModelConfig(size=32, encoder_weights="none", head="subpixel"))
+    rng = np.random.default_rng(0)
+    for layer in sub.layers:
+        layer.set_weights([rng.normal(0, 0.3, w.shape).astype("float32") for w in layer.get_weights()])
+    sub.save(path)
+    return sub
+
+
 def test_lean_head_is_fine_tuned_from_a_subpixel_model(tmp_path: Path):
     """--head lean from a subpixel model: each separable decoder conv becomes a 1x1 conv with its pointwise
     kernel and a depthwise conv whose filters are the old ones averaged by the pointwise weights; the
     converted convs and their batch norms are what the warm-up fits, everything else carries over as is."""
-    from bgremove.model import ModelConfig, build_unet
-
     source = tmp_path / "sub.keras"
-    sub = build_unet(ModelConfig(size=32, encoder_weights="none", head="subpixel"))
-    rng = np.random.default_rng(0)
-    for layer in sub.layers:  # distinct weights everywhere, so a wrong transfer shows
-        layer.set_weights([rng.normal(0, 0.3, w.shape).astype("float32") for w in layer.get_weights()])
-    sub.save(source)
+    sub = _random_subpixel_model(source)
     lines: list[str] = []
     lean, fresh = _init_model(TrainConfig(data="-", size=64, encoder_weights="none", head="lean"), source,
                               report=lines.append)
@@ -199,18 +205,11 @@ def test_lean_head_is_fine_tuned_from_a_subpixel_model(tmp_path: Path):
             np.testing.assert_array_equal(a, b)
 
 
-
 def test_lean_half_head_converts_only_the_half_resolution_level_and_the_head(tmp_path: Path):
     """--head lean-half from a subpixel model keeps dec0-dec2's trained separable convs and their batch
     norms as they are: only dec3 and the head are turned around and fitted in the warm-up."""
-    from bgremove.model import ModelConfig, build_unet
-
     source = tmp_path / "sub.keras"
-    sub = build_unet(ModelConfig(size=32, encoder_weights="none", head="subpixel"))
-    rng = np.random.default_rng(0)
-    for layer in sub.layers:
-        layer.set_weights([rng.normal(0, 0.3, w.shape).astype("float32") for w in layer.get_weights()])
-    sub.save(source)
+    sub = _random_subpixel_model(source)
     lines: list[str] = []
     half, fresh = _init_model(TrainConfig(data="-", size=64, encoder_weights="none", head="lean-half"), source,
                               report=lines.append)
