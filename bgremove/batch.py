@@ -1,8 +1,10 @@
 """Many photos in one run: which files to cut, where each cutout goes, and doing it in parallel.
 
 Planning is pure (no model) so it is easy to test: inputs (files, folders, glob patterns) become jobs
-with a source and a destination. Running overlaps decoding and encoding (thread pool; OpenCV and
-Pillow release the GIL) with the model calls on the main thread, and reports each file as it ends.
+with a source and a destination. Running spreads the photos over a thread pool (OpenCV, Pillow and
+LiteRT release the GIL): with a .tflite model each worker cuts whole photos with its own interpreter;
+with a .keras model the main thread runs batched model calls between the workers' decoding and
+encoding. Either way each file is reported, in order, as it ends.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
+
 from .fileio import remove_stale_temps
 from .images import READ_EXTS, ImageError, Photo, encode, open_photo, write_atomic
 from .pipeline import Remover
+from .runtime import LiteRTRuntime
 
 CUTOUT_SUFFIX = ".cutout"
 
@@ -167,8 +172,8 @@ class RunOptions:
     png_compression: int = 1
     overwrite: bool = False
     skip_existing: bool | None = None  # None: skip for files found in folders, redo for files named directly
-    batch_size: int = 4
-    workers: int = 2
+    batch_size: int = 4  # photos per model call of a .keras model (a .tflite model takes one per call)
+    workers: int = 2  # threads that decode, run a .tflite model, and encode
 
 
 def _should_skip(job: Job, opts: RunOptions) -> bool:
@@ -223,17 +228,15 @@ def run(
         summary.add(result.status)
         on_result(result)
 
-    # The workers decode and shrink (load), and upscale, render and encode (save); the main thread
-    # only runs the model and never waits on work a worker could do.
-    def load(job: Job) -> tuple[Photo, object]:
+    def load(job: Job) -> tuple[Photo, np.ndarray]:
         photo = open_photo(job.src, remover.max_pixels)
         return photo, remover.model_input(photo)
 
-    def save(job: Job, photo: Photo, small) -> str:
+    def save(job: Job, photo: Photo, small: np.ndarray) -> str:
         rendered = remover.finish(photo, remover.photo_alpha(photo, small))
         data = encode(rendered.pixels, opts.fmt, opts.png_compression)
         write_atomic(job.dst, data)
-        return "; ".join(filter(None, [job.note, *rendered.notes]))
+        return "; ".join(filter(None, [job.note, *photo.notes, *rendered.notes]))
 
     def finish(job: Job, fut: Future) -> None:
         try:
@@ -246,51 +249,93 @@ def run(
         summary.add(result.status)
         on_result(result)
 
-    with ThreadPoolExecutor(max(1, opts.workers)) as pool, _first_ctrl_c_sets(stop):
-        ahead = max(opts.batch_size * 2, 4)
+    def failed(exc: BaseException) -> Future:
+        fut: Future = Future()
+        fut.set_exception(exc)
+        return fut
+
+    workers = max(1, opts.workers)
+    ahead = max(opts.batch_size * 2, 2 * workers, 4)  # photos in flight: bounds memory
+    in_flight: list[tuple[Job, Future]] = []  # in order, so results are reported in order
+
+    def report_done() -> None:
+        while in_flight and (in_flight[0][1].done() or len(in_flight) > ahead):
+            finish(*in_flight.pop(0))
+
+    def in_workers(pool: ThreadPoolExecutor) -> None:
+        """LiteRT: each worker cuts whole photos (decode, model, encode) with an interpreter of its own.
+
+        The first worker takes the remover's interpreter, the others a clone with as many threads (``cut``
+        gives it one thread when there are several photos). No worker waits for another thread: on 2 cores
+        this keeps both busy, where one 2-threaded interpreter on the main thread stalls on its threads while
+        the workers decode and encode (203 photos: 0.84 against 0.77 times the I/O floor, in one process).
+        """
+        local = threading.local()
+        spare = [remover.runtime]
+        lock = threading.Lock()
+
+        def cut(job: Job) -> str:
+            photo, model_input = load(job)
+            if not hasattr(local, "runtime"):
+                with lock:
+                    local.runtime = spare.pop() if spare else remover.runtime.clone()
+            try:
+                small = remover.predict_small([model_input], local.runtime)[0]
+            except Exception as exc:  # noqa: BLE001
+                raise ImageError(f"model failed: {exc}") from exc
+            return save(job, photo, small)
+
+        for job in todo:
+            if stop.is_set():
+                break
+            in_flight.append((job, pool.submit(cut, job)))
+            report_done()
+
+    def batched(pool: ThreadPoolExecutor) -> None:
+        """Keras (e.g. on a GPU): the main thread runs one model call per batch; the workers decode and
+        shrink (load), and upscale, render and encode (save), so the main thread never waits on their work."""
         loads: list[tuple[Job, Future]] = [(j, pool.submit(load, j)) for j in todo[:ahead]]
         next_index = len(loads)
-        writes: list[tuple[Job, Future]] = []
         try:
             while loads and not stop.is_set():
                 batch, loads = loads[: opts.batch_size], loads[opts.batch_size :]
                 refill = todo[next_index : next_index + len(batch)]
                 loads += [(j, pool.submit(load, j)) for j in refill]
                 next_index += len(refill)
-                photos, inputs, ready = [], [], []
+                decoded: list[tuple] = []  # (job, photo, model input) or (job, error, None), in order
                 for job, fut in batch:
                     try:
-                        photo, model_input = fut.result()
-                        photos.append(photo)
-                        inputs.append(model_input)
-                        ready.append(job)
+                        decoded.append((job, *fut.result()))
                     except Exception as exc:  # noqa: BLE001
-                        failed = Future()
-                        failed.set_exception(exc)
-                        finish(job, failed)
+                        decoded.append((job, exc, None))
+                model_error = None
                 try:
-                    alphas = remover.predict_small(inputs)
+                    alphas = iter(remover.predict_small([x for _, _, x in decoded if x is not None]))
                 except Exception as exc:  # noqa: BLE001 - e.g. out of memory on a huge batch
-                    for job in ready:
-                        failed = Future()
-                        failed.set_exception(ImageError(f"model failed: {exc}"))
-                        finish(job, failed)
-                    continue
-                for job, photo, alpha in zip(ready, photos, alphas):
-                    if photo.notes:
-                        job.note = "; ".join(filter(None, [job.note, *photo.notes]))
-                    writes.append((job, pool.submit(save, job, photo, alpha)))
-                # Report finished writes in order, keeping memory bounded.
-                while writes and (writes[0][1].done() or len(writes) > ahead):
-                    finish(*writes.pop(0))
+                    model_error = ImageError(f"model failed: {exc}")
+                for job, photo, model_input in decoded:
+                    if model_input is None:
+                        fut = failed(photo)
+                    elif model_error is not None:
+                        fut = failed(model_error)
+                    else:
+                        fut = pool.submit(save, job, photo, next(alphas))
+                    in_flight.append((job, fut))
+                report_done()
+        finally:
+            for _, fut in loads:  # left only when stopped: photos not decoded yet are dropped
+                fut.cancel()
+
+    with ThreadPoolExecutor(workers) as pool, _first_ctrl_c_sets(stop):
+        try:
+            (in_workers if isinstance(remover.runtime, LiteRTRuntime) else batched)(pool)
         except KeyboardInterrupt:
             if stop.is_set():  # a second Ctrl-C: stop waiting (writes are atomic, nothing is left half-done)
                 raise
             stop.set()
-        if stop.is_set():
-            for _, fut in loads:  # photos not being decoded yet are dropped; the others end unused
-                fut.cancel()
-        for job, fut in writes:
+        if stop.is_set():  # photos not started are dropped; the ones being cut finish
+            in_flight[:] = [(job, fut) for job, fut in in_flight if not fut.cancel()]
+        for job, fut in in_flight:
             finish(job, fut)
     summary.interrupted = stop.is_set() and summary.written + summary.skipped + summary.failed < len(jobs)
     return summary

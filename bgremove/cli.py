@@ -201,9 +201,9 @@ def cut(
     ] = None,
     png_compression: Annotated[int, typer.Option(min=0, max=9, help="PNG compression: 0 fastest/biggest, 9 smallest.")] = 1,
     max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels than this.")] = 150_000_000,
-    threads: Annotated[Optional[int], typer.Option(help="Model threads (default: all cores).")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Threads that decode and encode images.")] = 2,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 4,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="Threads per model call (default: all cores for one photo; 1 per worker for many).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Photos cut side by side (threads that decode, run a .tflite model and encode).")] = 2,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call of a .keras model.")] = 4,
     device: Annotated[str, typer.Option(help="auto, cpu or gpu (gpu needs a .keras model and TensorFlow).")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors and the summary.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
@@ -280,9 +280,9 @@ def cut(
             err.print(f"0 written, 0 skipped, {len(the_plan.errors)} failed", highlight=False)
             raise typer.Exit(1)
         fail("no images to cut")
-    # The model gets every core in a batch too: since the workers do all the resizing and the PNGs
-    # encode faster, 2 model threads beat 1 on 2 cores (203 photos: 5.3 vs 5.5-5.7 s, CPU 185 vs 172 %).
-    remover = load_remover(threads)
+    # Loaded before any output, so that a bad model fails alone. For several photos each worker runs
+    # its own copy of the model on one thread (see batch.run), for one photo the model gets every core.
+    remover = load_remover(threads or (1 if len(the_plan.jobs) > 1 else None))
     if output is not None:
         make_output_folder()
     opts = RunOptions(fmt=fmt, png_compression=png_compression, overwrite=overwrite, skip_existing=skip_existing,

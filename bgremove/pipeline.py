@@ -235,14 +235,18 @@ class Remover:
         """The photo as the model takes it (resized to the model's size, float32)."""
         return to_model_input(photo.rgb, self.runtime.size)
 
-    def predict_small(self, inputs: list[np.ndarray]) -> np.ndarray:
-        """One batched model call on model_input() arrays -> alphas at the model's size (none for none)."""
+    def predict_small(self, inputs: list[np.ndarray], runtime: Runtime | None = None) -> np.ndarray:
+        """One batched model call on model_input() arrays -> alphas at the model's size (none for none).
+
+        ``runtime``: another copy of the model (``LiteRTRuntime.clone``), for a thread of its own.
+        """
+        runtime = runtime or self.runtime
         if not inputs:
-            return np.zeros((0, *self.runtime.size), np.float32)
+            return np.zeros((0, *runtime.size), np.float32)
         batch = np.stack(inputs)
-        alphas = self.runtime.predict(batch)
+        alphas = runtime.predict(batch)
         if self.tta:
-            mirrored = self.runtime.predict(np.ascontiguousarray(batch[:, :, ::-1]))
+            mirrored = runtime.predict(np.ascontiguousarray(batch[:, :, ::-1]))
             alphas = (alphas + mirrored[:, :, ::-1]) / 2
         return alphas
 

@@ -76,9 +76,10 @@ class LiteRTRuntime:
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = path
+        self.threads = threads or os.cpu_count() or 1
         try:
             with quiet_stderr():  # LiteRT's C++ side announces its XNNPACK delegate on stderr
-                self.interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
+                self.interpreter = Interpreter(model_path=str(path), num_threads=self.threads)
                 self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"{path}: not a valid LiteRT model ({_first_line(exc)})") from None
@@ -96,6 +97,10 @@ class LiteRTRuntime:
             self.interpreter.invoke()
             out.append(self.interpreter.get_tensor(self.output["index"]).reshape(self.size))
         return np.stack(out)
+
+    def clone(self) -> LiteRTRuntime:
+        """Another interpreter on the same model, for another thread: an interpreter runs one call at a time."""
+        return LiteRTRuntime(self.path, self.threads)
 
 
 class KerasRuntime:

@@ -62,19 +62,27 @@ def test_keep_freed_memory_sets_glibc_thresholds_in_a_fresh_process():
     assert proc.stdout.split() == ["True", "True"]
 
 
-def test_a_threaded_batch_writes_what_one_photo_at_a_time_writes(tmp_path: Path, tiny_tflite: Path):
-    """Workers resize and encode, the main thread runs the model: the same pixels as Remover.cut, and a bad
-    file fails alone."""
+@pytest.mark.parametrize("kind", ["tflite", "keras"])
+def test_a_threaded_batch_writes_what_one_photo_at_a_time_writes(tmp_path: Path, trained_run: Path, kind: str):
+    """.tflite: each worker cuts whole photos with its own interpreter; .keras: the main thread runs batched
+    model calls. Either way: the same pixels as Remover.cut, every file reported once and in order, and a
+    bad file fails alone."""
+    if kind == "keras":
+        pytest.importorskip("tensorflow")
+    model = trained_run / f"model.{kind}"
     sizes = [(48, 64), (90, 70), (33, 120), (64, 64), (100, 41), (56, 77), (70, 90)]
     for i, size in enumerate(sizes):
         write_photo(tmp_path / "in" / f"p{i}.png", seed=i, size=size)
     (tmp_path / "in" / "p3b.png").write_bytes(b"not a png")  # a bad file between good ones
     result = runner.invoke(app, ["cut", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model",
-                                 str(tiny_tflite), "--workers", "3", "--batch-size", "3"])
+                                 str(model), "--workers", "3", "--batch-size", "3"])
     assert result.exit_code == 1, result.output
     assert f"{len(sizes)} written, 0 skipped, 1 failed" in result.output
     assert "p3b.png" in result.output and "Traceback" not in result.output
-    remover = Remover(tiny_tflite)
+    reported = [line.split()[1] for line in result.output.splitlines() if line.startswith(("written:", "failed:"))]
+    names = ["p0", "p1", "p2", "p3", "p3b", "p4", "p5", "p6"]
+    assert reported == [str(tmp_path / "in" / f"{name}.png") + (":" if name == "p3b" else "") for name in names]
+    remover = Remover(model)
     for i in range(len(sizes)):
         one = np.asarray(remover.cut(tmp_path / "in" / f"p{i}.png"))
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / f"p{i}.png")), one)
