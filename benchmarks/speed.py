@@ -94,7 +94,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mem-count", type=int, default=1000, help="854x480 photos for the peak-memory run (default 1000)")
     p.add_argument("--workers", type=int, default=2, help="decode/encode threads, as `bgremove cut --workers` (default 2)")
     p.add_argument("--png-compression", type=int, default=1, help="PNG level, as `bgremove cut --png-compression` (default 1)")
-    p.add_argument("--threads", type=int, default=None, help="model threads (default: all cores, as `bgremove cut`)")
+    p.add_argument("--threads", type=int, default=None, help="model threads, as `bgremove cut --threads` (default: cut's own: 1 per worker for a batch, all cores for one photo)")
     p.add_argument("--rounds", type=int, default=3,
                    help="floor and batch runs, alternating; the ratio is the median of the rounds' (default 3)")
     p.add_argument("--workdir", type=Path, default=None, help="where to build the folders (default: a temporary folder, removed at the end)")
@@ -434,7 +434,7 @@ def main(argv=None) -> int:
     print()
     print(f"bgremove speed benchmark, {started}")
     print(f"machine: {machine()}")
-    print(f"model: {model}; model threads: {args.threads or 'default (all cores)'}; workers: {args.workers}; "
+    print(f"model: {model}; model threads: {args.threads or 'as cut: 1 per worker in a batch, all cores for one photo'}; workers: {args.workers}; "
           f"PNG level {args.png_compression}")
     busy = "unknown" if busy_start is None else f"{busy_start:.2f}"
     print(f"other work at the start: {busy} core(s) busy over 1 s; load average (1/5/15 min): {load_start} "
