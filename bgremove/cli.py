@@ -84,6 +84,7 @@ def train(
     seed: Annotated[int, typer.Option()] = 0,
     dice_weight: Annotated[float, typer.Option(help="Weight of the Dice term added to BCE (0 = BCE only).")] = 1.0,
     edge_weight: Annotated[float, typer.Option(min=0.0, help="Weight of an edge term: the squared difference of the Sobel gradients of alpha and mask, for sharper, better placed edges (0 = off).")] = 0.0,
+    ema: Annotated[float, typer.Option(min=0.0, max=0.9999, help="Validate, keep and export an exponential moving average of the weights with this momentum, e.g. 0.99 (0 = off).")] = 0.0,
     patience: Annotated[int, typer.Option(help="Early stopping: epochs without val IoU gain.")] = 8,
     strategy: Annotated[str, typer.Option(help="default, mirrored (all local GPUs) or multiworker (TF_CONFIG).")] = "default",
     cache: Annotated[str, typer.Option(help="auto, memory or stream.")] = "auto",
@@ -118,7 +119,7 @@ def train(
         data=str(data), out=str(resume or out_dir), layout=layout, epochs=epochs, batch_size=batch_size, size=size,
         lr=lr, encoder=encoder, encoder_weights=encoder_weights, base_filters=base_filters, depth=depth,
         decoder_filters=widths, head=head, val_split=val_split, seed=seed, dice_weight=dice_weight,
-        edge_weight=edge_weight, patience=patience, strategy=strategy, cache=cache,
+        edge_weight=edge_weight, ema=ema, patience=patience, strategy=strategy, cache=cache,
         limit=limit, source_weighting=source_weighting, paste_prob=paste_prob, init=str(init or ""),
         quantize=quantize,
     )

@@ -64,6 +64,9 @@ class TrainConfig:
     dice_weight: float = 1.0
     # Weight of the edge term (model.edge_loss): sharper, better placed edges; 0 = off.
     edge_weight: float = 0.0
+    # Momentum of an exponential moving average of the weights (Polyak averaging), which validation,
+    # the checkpoints and the exported model use; 0 = off. 0.99 averages over about the last 100 steps.
+    ema: float = 0.0
     patience: int = 8
     strategy: str = "default"
     cache: str = "auto"  # auto | memory | stream
@@ -273,6 +276,45 @@ def _make_callbacks(run: Path, state: dict, monitor: str, train_pairs: int, cfg:
                 report(f"learning rate -> {max(lr * 0.5, 1e-6):.2e}")
 
     return [RunKeeper(), LrOnPlateau()]
+
+
+def _ema_callbacks() -> tuple:
+    """With --ema: the end of each epoch (validation, checkpoints, the best model) sees the averaged
+    weights, and training goes on from its own. The first callback goes before all others, the second
+    after them. Keras' own validation pass (one source) gets the averaged weights the same way.
+
+    A run stopped mid-epoch saves its own weights; one resumed from an epoch's end goes on from the
+    averaged ones, which after an epoch of averaging are close to its own.
+    """
+    import keras
+
+    saved: list = []
+
+    def average_in(model) -> None:
+        if not saved:
+            saved.extend(keras.ops.convert_to_numpy(v) for v in model.trainable_variables)
+            model.optimizer.finalize_variable_values(model.trainable_variables)
+
+    def own_back(model) -> None:
+        for variable, value in zip(model.trainable_variables, saved):
+            variable.assign(value)
+        saved.clear()
+
+    class AveragedIn(keras.callbacks.Callback):
+        def on_test_begin(self, logs=None):
+            average_in(self.model)
+
+        def on_test_end(self, logs=None):
+            own_back(self.model)
+
+        def on_epoch_end(self, epoch, logs=None):
+            average_in(self.model)
+
+    class OwnBack(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            own_back(self.model)
+
+    return AveragedIn(), OwnBack()
 
 
 def _prepare_data(cfg: TrainConfig, run: Path, report: Reporter):
@@ -546,7 +588,7 @@ def train(
             else:
                 model = build_unet(cfg.model_config())
             model.compile(
-                optimizer=keras.optimizers.Adam(cfg.lr),
+                optimizer=keras.optimizers.Adam(cfg.lr, use_ema=cfg.ema > 0, ema_momentum=cfg.ema or 0.99),
                 loss=_loss(cfg),
                 metrics=segmentation_metrics(),
             )
@@ -554,6 +596,9 @@ def train(
     if resume:
         report(f"resuming {run} at epoch {initial_epoch + 1}")
     callbacks = extra_callbacks + _make_callbacks(run, state, monitor, n_train, cfg, report)
+    if model.optimizer.use_ema:  # from the checkpoint's optimizer on --resume
+        averaged_in, own_back = _ema_callbacks()
+        callbacks = [averaged_in, *callbacks, own_back]
     status = "finished"
     if initial_epoch < cfg.epochs and not state.get("early_stopped"):
         try:

@@ -257,3 +257,68 @@ def test_the_per_source_pass_gives_what_keras_validation_gives():
     assert logs["val_iou_a"] == pytest.approx((pred[a] & truth[a]).sum() / (pred[a] | truth[a]).sum())
     assert logs["val_iou_b"] == pytest.approx((pred[b] & truth[b]).sum() / (pred[b] | truth[b]).sum())
     assert logs["val_source_iou"] == pytest.approx((logs["val_iou_a"] + logs["val_iou_b"]) / 2)
+
+
+def test_ema_validates_and_keeps_the_averaged_weights_and_trains_on_its_own():
+    """--ema: at the end of an epoch the callbacks between the pair see the moving average of the weights
+    (first step: the weights; then m * average + (1 - m) * weights), and training goes on from its own."""
+    import keras
+    import tensorflow as tf
+
+    from bgremove.model import ModelConfig, SegmentationLoss, build_unet
+    from bgremove.training import _ema_callbacks
+
+    rng = np.random.default_rng(2)
+    images = rng.uniform(0, 255, (12, 32, 32, 3)).astype("float32")
+    masks = (rng.uniform(size=(12, 32, 32, 1)) > 0.6).astype("float32")
+    ds = tf.data.Dataset.from_tensor_slices((images, masks)).batch(4)
+    model = build_unet(ModelConfig(encoder="classic", size=32, base_filters=4, depth=2))
+    momentum = 0.5
+    model.compile(optimizer=keras.optimizers.Adam(0.01, use_ema=True, ema_momentum=momentum),
+                  loss=SegmentationLoss(dice_weight=1.0))
+
+    def weights():
+        return [keras.ops.convert_to_numpy(v).copy() for v in model.trainable_variables]
+
+    steps, seen_at_epoch_end, after = [], [], []
+
+    class Steps(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            steps.append(weights())
+
+    class Between(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen_at_epoch_end.append(weights())
+
+    class After(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            after.append(weights())
+
+    averaged_in, own_back = _ema_callbacks()
+    model.fit(ds, epochs=2, verbose=0, shuffle=False, callbacks=[Steps(), averaged_in, Between(), own_back, After()])
+    assert len(steps) == 6
+    average = steps[0]
+    for step in steps[1:3]:
+        average = [momentum * a + (1 - momentum) * w for a, w in zip(average, step)]
+    for got, want in zip(seen_at_epoch_end[0], average):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    for got, own in zip(after[0], steps[2]):  # training goes on from its own weights
+        np.testing.assert_array_equal(got, own)
+    assert max(np.abs(a - b).max() for a, b in zip(seen_at_epoch_end[0], after[0])) > 1e-4
+
+
+def test_cli_train_with_ema_keeps_it_on_resume(folders_data: Path, tmp_path: Path):
+    import keras
+
+    run = tmp_path / "ema"
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "--data", str(folders_data), "--out", str(run), "--epochs", "1",
+                                 "--ema", "0.9", *TINY])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "config.json").read_text())["ema"] == 0.9
+    optimizer = keras.saving.load_model(run / "checkpoints" / "last.keras").optimizer
+    assert optimizer.use_ema and optimizer.ema_momentum == pytest.approx(0.9)
+    resumed = runner.invoke(app, ["train", "--data", str(folders_data), "--resume", str(run), "--epochs", "2"])
+    assert resumed.exit_code == 0, resumed.output
+    assert [int(r["epoch"]) for r in history(run)] == [1, 2]
+    assert keras.saving.load_model(run / "checkpoints" / "last.keras").optimizer.use_ema
