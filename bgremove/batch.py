@@ -313,13 +313,13 @@ def run(
                     alphas = iter(remover.predict_small([x for _, _, x in decoded if x is not None]))
                 except Exception as exc:  # noqa: BLE001 - e.g. out of memory on a huge batch
                     model_error = ImageError(f"model failed: {exc}")
-                for job, photo, model_input in decoded:
+                for job, photo_or_error, model_input in decoded:
                     if model_input is None:
-                        fut = failed(photo)
+                        fut = failed(photo_or_error)
                     elif model_error is not None:
                         fut = failed(model_error)
                     else:
-                        fut = pool.submit(save, job, photo, next(alphas))
+                        fut = pool.submit(save, job, photo_or_error, next(alphas))
                     in_flight.append((job, fut))
                 report_done()
         finally:
