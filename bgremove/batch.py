@@ -187,7 +187,7 @@ def _first_ctrl_c_sets(stop: threading.Event) -> Iterator[None]:
     """While the block runs, a first Ctrl-C only sets ``stop``; a second one interrupts at once.
 
     A KeyboardInterrupt could land anywhere (inside a model call, between counting and reporting a
-    file); a flag is checked only between batches. Installed only on the main thread over Python's
+    file); a flag is checked only between photos (or batches). Installed only on the main thread over Python's
     default handler, so a program that handles SIGINT itself keeps its handling.
     """
     if threading.current_thread() is not threading.main_thread() or (

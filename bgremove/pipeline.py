@@ -229,8 +229,9 @@ class Remover:
         raise TypeError(f"unsupported image type {type(image).__name__}")
 
     # -- model
-    # Three steps, so that a batch can run the first and last in worker threads and keep only the
-    # model call on its main thread: model_input -> predict_small -> photo_alpha.
+    # Three steps, so that a batch can run them where it likes (batch.run: the model call on the main
+    # thread for a .keras model, the three in one worker for a .tflite model):
+    # model_input -> predict_small -> photo_alpha.
     def model_input(self, photo: Photo) -> np.ndarray:
         """The photo as the model takes it (resized to the model's size, float32)."""
         return to_model_input(photo.rgb, self.runtime.size)
