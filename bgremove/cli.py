@@ -65,6 +65,9 @@ def train(
     epochs: Annotated[int, typer.Option(min=1)] = 30,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     size: Annotated[int, typer.Option(help="Square input size (multiple of 32).")] = 256,
+    aspect: Annotated[str, typer.Option(help="stretch (every photo squeezed to the square) or keep (each photo at "
+                                              "the one of five shapes from 9:16 to 16:9 nearest its aspect, with "
+                                              "about as many pixels as the square; mobilenetv2).")] = "stretch",
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
     encoder: Annotated[str, typer.Option(help="mobilenetv2 or classic.")] = "mobilenetv2",
     encoder_weights: Annotated[
@@ -121,7 +124,7 @@ def train(
         decoder_filters=widths, head=head, val_split=val_split, seed=seed, dice_weight=dice_weight,
         edge_weight=edge_weight, ema=ema, patience=patience, strategy=strategy, cache=cache,
         limit=limit, source_weighting=source_weighting, paste_prob=paste_prob, init=str(init or ""),
-        quantize=quantize,
+        quantize=quantize, aspect=aspect,
     )
     try:
         result = run_training(cfg, report=lambda line: out.print(line, highlight=False), resume=resume is not None,
@@ -376,15 +379,16 @@ def export(
     if calibrate and not found.jobs:
         fail(f"{', '.join(map(str, calibrate))}: no photos to calibrate on")
     try:
-        keras_model = load_runtime(model).model
+        runtime = load_runtime(model)
     except ModelError as exc:
         fail(str(exc))
+    keras_model = runtime.model
     from .model import calibration_inputs, export_tflite
 
     calibration = None
     if calibrate:
         try:
-            calibration = calibration_inputs([job.src for job in found.jobs], tuple(keras_model.input_shape[1:3]), limit)
+            calibration = calibration_inputs([job.src for job in found.jobs], runtime.size, limit, runtime.aspect)
         except ValueError as exc:
             fail(f"{', '.join(map(str, calibrate))}: {exc}")
     try:

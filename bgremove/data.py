@@ -19,7 +19,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Union
 
 import cv2
 import numpy as np
@@ -213,28 +213,40 @@ def read_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), mask
 
 
-def load_resized(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray]:
+# The size a pair is loaded at: a square side, (rows, cols), or (rows, cols) from the photo's (height, width).
+Shape = Union[int, tuple[int, int], Callable[[int, int], tuple[int, int]]]
+
+
+def load_resized(sample: Sample, shape: Shape) -> tuple[np.ndarray, np.ndarray]:
     image, mask = read_pair(sample)
-    image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_AREA)
+    rows, cols = (shape, shape) if isinstance(shape, int) else shape if isinstance(shape, tuple) else shape(*image.shape[:2])
+    image = cv2.resize(image, (cols, rows), interpolation=cv2.INTER_AREA)
+    mask = cv2.resize(mask, (cols, rows), interpolation=cv2.INTER_AREA)
     return image, mask
 
 
 @dataclass
 class LoadedSet:
     samples: list[Sample]
-    images: np.ndarray  # (N, S, S, 3) uint8
-    masks: np.ndarray  # (N, S, S) uint8
+    images: list[np.ndarray]  # (H, W, 3) uint8 each
+    masks: list[np.ndarray]  # (H, W) uint8 each
     skipped: list[tuple[Path, str]]
 
+    def groups(self) -> dict[tuple[str, tuple[int, int]], list[int]]:
+        """Indices of the pairs by (source, shape): each group can be stacked into one array."""
+        found: dict[tuple[str, tuple[int, int]], list[int]] = {}
+        for i, (sample, image) in enumerate(zip(self.samples, self.images)):
+            found.setdefault((sample.source, image.shape[:2]), []).append(i)
+        return found
 
-def load_all(samples: Iterable[Sample], size: int, workers: int = 4) -> LoadedSet:
+
+def load_all(samples: Iterable[Sample], shape: Shape, workers: int = 4) -> LoadedSet:
     """Decode and resize every pair into memory (OpenCV releases the GIL, so threads decode in parallel)."""
     samples = list(samples)
 
     def load(sample: Sample):
         try:
-            return load_resized(sample, size)
+            return load_resized(sample, shape)
         except SampleError as err:
             return err
         except Exception as err:  # noqa: BLE001 - any decoder failure is a bad sample, not a crash
@@ -244,6 +256,4 @@ def load_all(samples: Iterable[Sample], size: int, workers: int = 4) -> LoadedSe
         results = list(pool.map(load, samples))
     good = [(s, r) for s, r in zip(samples, results) if not isinstance(r, SampleError)]
     skipped = [(s.image, str(r)) for s, r in zip(samples, results) if isinstance(r, SampleError)]
-    images = np.stack([r[0] for _, r in good]) if good else np.zeros((0, size, size, 3), np.uint8)
-    masks = np.stack([r[1] for _, r in good]) if good else np.zeros((0, size, size), np.uint8)
-    return LoadedSet([s for s, _ in good], images, masks, skipped)
+    return LoadedSet([s for s, _ in good], [r[0] for _, r in good], [r[1] for _, r in good], skipped)

@@ -233,22 +233,27 @@ class Remover:
     # thread for a .keras model, the three in one worker for a .tflite model):
     # model_input -> predict_small -> photo_alpha.
     def model_input(self, photo: Photo) -> np.ndarray:
-        """The photo as the model takes it (resized to the model's size, float32)."""
-        return to_model_input(photo.rgb, self.runtime.size)
+        """The photo as the model takes it (resized to the model's shape for it, float32)."""
+        return to_model_input(photo.rgb, self.runtime.shape_for(*photo.rgb.shape[:2]))
 
-    def predict_small(self, inputs: list[np.ndarray], runtime: Runtime | None = None) -> np.ndarray:
-        """One batched model call on model_input() arrays -> alphas at the model's size (none for none).
+    def predict_small(self, inputs: list[np.ndarray], runtime: Runtime | None = None) -> list[np.ndarray]:
+        """Batched model calls on model_input() arrays (one per shape among them) -> alphas at those shapes.
 
         ``runtime``: another copy of the model (``LiteRTRuntime.clone``), for a thread of its own.
         """
         runtime = runtime or self.runtime
-        if not inputs:
-            return np.zeros((0, *runtime.size), np.float32)
-        batch = np.stack(inputs)
-        alphas = runtime.predict(batch)
-        if self.tta:
-            mirrored = runtime.predict(np.ascontiguousarray(batch[:, :, ::-1]))
-            alphas = (alphas + mirrored[:, :, ::-1]) / 2
+        alphas: list[np.ndarray] = [np.empty(0)] * len(inputs)
+        by_shape: dict[tuple, list[int]] = {}
+        for i, x in enumerate(inputs):
+            by_shape.setdefault(x.shape, []).append(i)
+        for indices in by_shape.values():
+            batch = np.stack([inputs[i] for i in indices])
+            small = runtime.predict(batch)
+            if self.tta:
+                mirrored = runtime.predict(np.ascontiguousarray(batch[:, :, ::-1]))
+                small = (small + mirrored[:, :, ::-1]) / 2
+            for i, alpha in zip(indices, small):
+                alphas[i] = alpha
         return alphas
 
     @staticmethod
@@ -271,7 +276,8 @@ class Remover:
     # -- outputs
     def finish(self, photo: Photo, alpha: np.ndarray, options: CutOptions | None = None) -> Rendered:
         """The output pixels for this photo and its float alpha, with notes (e.g. an empty crop)."""
-        (mh, mw), (h, w) = self.runtime.size, photo.rgb.shape[:2]
+        (h, w) = photo.rgb.shape[:2]
+        mh, mw = self.runtime.shape_for(h, w)
         return render(photo, alpha, options or self.options, upscale=max(h / mh, w / mw))
 
     def render(self, photo: Photo, alpha: np.ndarray) -> np.ndarray:

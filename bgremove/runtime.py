@@ -8,6 +8,7 @@ the default for the shipped model because it starts in milliseconds; TensorFlow 
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
@@ -15,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from .paths import default_model_path
+from .shapes import all_shapes, nearest_shape
 
 DEVICES = ("auto", "cpu", "gpu")
 
@@ -25,10 +27,16 @@ class ModelError(Exception):
 
 class Runtime(Protocol):
     path: Path
-    size: tuple[int, int]  # (height, width) the model expects
+    size: tuple[int, int]  # (height, width) the model expects: its square one for a keep-aspect model
+    aspect: str  # "stretch" (every photo at ``size``) or "keep" (see shapes.py)
+    shapes: list[tuple[int, int]]  # every (height, width) it takes
+
+    def shape_for(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) a photo of this size is fed at."""
+        ...
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) float32 RGB in [0, 255] -> (N, H, W) float32 alpha in [0, 1]."""
+        """(N, H, W, 3) float32 RGB in [0, 255] at one of the model's shapes -> (N, H, W) float32 alpha in [0, 1]."""
         ...
 
 
@@ -72,6 +80,9 @@ def import_tensorflow():
 
 
 class LiteRTRuntime:
+    """A .tflite model. A keep-aspect model holds one entry point (signature ``alpha_<rows>x<cols>``) per
+    shape it takes (see model.export_tflite); each photo goes to the one nearest its aspect."""
+
     def __init__(self, path: Path, threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
@@ -80,22 +91,57 @@ class LiteRTRuntime:
         try:
             with quiet_stderr():  # LiteRT's C++ side announces its XNNPACK delegate on stderr
                 self.interpreter = Interpreter(model_path=str(path), num_threads=self.threads)
-                self.interpreter.allocate_tensors()
+                keys = {}
+                for key in self.interpreter.get_signature_list():
+                    match = re.fullmatch(r"alpha_(\d+)x(\d+)", key)
+                    if match:
+                        keys[(int(match[1]), int(match[2]))] = key
+                if not keys:
+                    self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"{path}: not a valid LiteRT model ({_first_line(exc)})") from None
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
-        _check_shapes(path, tuple(self.input["shape"]), tuple(self.output["shape"]))
-        if self.input["dtype"] != np.float32:
-            raise ModelError(f"{path}: input type {self.input['dtype'].__name__} is not supported (float32 needed)")
-        self.size = (int(self.input["shape"][1]), int(self.input["shape"][2]))
+        self._runners: dict[tuple[int, int], object] = {}
+        if keys:
+            self.aspect = "keep"
+            self.shapes = list(keys)
+            self._keys = keys
+            runner = self._runner(self.shapes[len(self.shapes) // 2])
+            inp, outp = runner.get_input_details()["image"], next(iter(runner.get_output_details().values()))
+        else:
+            self.aspect = "stretch"
+            inp, outp = self.interpreter.get_input_details()[0], self.interpreter.get_output_details()[0]
+        _check_shapes(path, tuple(inp["shape"]), tuple(outp["shape"]))
+        if inp["dtype"] != np.float32:
+            raise ModelError(f"{path}: input type {inp['dtype'].__name__} is not supported (float32 needed)")
+        if not keys:
+            self.input, self.output = inp, outp
+            self.shapes = [(int(inp["shape"][1]), int(inp["shape"][2]))]
+        # The square one for a keep-aspect model (the shape a square photo gets).
+        self.size = self.shape_for(1, 1)
+
+    def _runner(self, shape: tuple[int, int]):
+        if shape not in self._runners:
+            with quiet_stderr():
+                self._runners[shape] = self.interpreter.get_signature_runner(self._keys[shape])
+        return self._runners[shape]
+
+    def shape_for(self, height: int, width: int) -> tuple[int, int]:
+        return nearest_shape(height, width, self.shapes)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
+        shape = tuple(batch.shape[1:3])
+        if shape not in self.shapes:
+            raise ValueError(f"{self.path}: takes {self.shapes} (rows, cols), not {shape}")
         out = []
         for image in batch:  # the exported model has a batch of one; XNNPACK threads within each call
-            self.interpreter.set_tensor(self.input["index"], image[np.newaxis].astype(np.float32, copy=False))
-            self.interpreter.invoke()
-            out.append(self.interpreter.get_tensor(self.output["index"]).reshape(self.size))
+            image = image[np.newaxis].astype(np.float32, copy=False)
+            if self.aspect == "keep":
+                alpha = next(iter(self._runner(shape)(image=image).values()))
+            else:
+                self.interpreter.set_tensor(self.input["index"], image)
+                self.interpreter.invoke()
+                alpha = self.interpreter.get_tensor(self.output["index"])
+            out.append(alpha.reshape(shape))
         return np.stack(out)
 
     def clone(self) -> LiteRTRuntime:
@@ -129,12 +175,22 @@ class KerasRuntime:
         inp, outp = tuple(self.model.input_shape), tuple(self.model.output_shape)
         _check_shapes(path, inp, outp)
         fixed = inp[1:3]
+        self.aspect = "stretch"
         if None in fixed:
-            self.size = (size or 256, size or 256)
+            from .model import input_size
+
+            recorded = input_size(self.model)
+            side = size or (recorded[0] if recorded else 256)
+            self.size = (side, side)
+            self.aspect = recorded[1] if recorded else "stretch"
         else:
             if size and (size, size) != tuple(fixed):
                 raise ModelError(f"{path}: input size is fixed at {fixed[1]}x{fixed[0]}; --size {size} is not possible")
             self.size = (int(fixed[0]), int(fixed[1]))
+        self.shapes = all_shapes(self.size[0], self.aspect) if self.aspect != "stretch" else [self.size]
+
+    def shape_for(self, height: int, width: int) -> tuple[int, int]:
+        return nearest_shape(height, width, self.shapes)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         import tensorflow as tf
@@ -144,7 +200,7 @@ class KerasRuntime:
                 out = self.model(batch, training=False)
         else:
             out = self.model(batch, training=False)
-        return np.asarray(out, dtype=np.float32).reshape(len(batch), *self.size)
+        return np.asarray(out, dtype=np.float32).reshape(batch.shape[:3])
 
 
 def load_runtime(

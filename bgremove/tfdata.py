@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from .data import Sample, SampleError, load_resized
+from .data import Sample, SampleError, Shape, load_resized
+from .shapes import all_shapes
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -42,10 +43,12 @@ def _random_box(aug: AugmentConfig) -> tf.Tensor:
     return tf.where(tf.random.uniform([]) < aug.full_view_prob, full, box)
 
 
-def augment(image: tf.Tensor, mask: tf.Tensor, size: int, aug: AugmentConfig):
-    """image (H, W, 3) float in [0, 1], mask (H, W, 1) float in [0, 1] -> the same at (size, size)."""
+def augment(image: tf.Tensor, mask: tf.Tensor, shape, aug: AugmentConfig):
+    """image (H, W, 3) float in [0, 1], mask (H, W, 1) float in [0, 1] -> the same at ``shape``
+    (a square side, or a (rows, cols) tensor)."""
     both = tf.concat([image, mask], axis=-1)[tf.newaxis]
-    both = tf.image.crop_and_resize(both, _random_box(aug)[tf.newaxis], [0], [size, size])[0]
+    crop = [shape, shape] if isinstance(shape, int) else shape
+    both = tf.image.crop_and_resize(both, _random_box(aug)[tf.newaxis], [0], crop)[0]
     if aug.flip:
         both = tf.image.random_flip_left_right(both)
     image, mask = both[..., :3], both[..., 3:]
@@ -74,22 +77,29 @@ def from_arrays(images: np.ndarray, masks: np.ndarray) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices((images, masks))
 
 
-def from_files(samples: list[Sample], load_size: int, on_error=None) -> tf.data.Dataset:
-    """Stream pairs from disk (for sets too large to cache); bad pairs are dropped and passed to on_error."""
+def from_files(samples: list[Sample], shape: Shape, on_error=None) -> tf.data.Dataset:
+    """Stream pairs from disk (for sets too large to cache); bad pairs are dropped and passed to on_error.
+
+    ``shape``: a square side, (rows, cols), or (rows, cols) from each photo's (height, width) (see
+    data.load_resized).
+    """
+    fixed = (shape, shape) if isinstance(shape, int) else shape if isinstance(shape, tuple) else (None, None)
+
     def load(index):
         sample = samples[int(index)]
         try:
-            image, mask = load_resized(sample, load_size)
+            image, mask = load_resized(sample, shape)
             return image, mask, True
         except (SampleError, Exception) as err:  # noqa: BLE001
             if on_error is not None:
                 on_error(sample.image, str(err))
-            return np.zeros((load_size, load_size, 3), np.uint8), np.zeros((load_size, load_size), np.uint8), False
+            rows, cols = fixed[0] or 32, fixed[1] or 32
+            return np.zeros((rows, cols, 3), np.uint8), np.zeros((rows, cols), np.uint8), False
 
     def py_load(index):
         image, mask, ok = tf.numpy_function(load, [index], [tf.uint8, tf.uint8, tf.bool])
-        image.set_shape([load_size, load_size, 3])
-        mask.set_shape([load_size, load_size])
+        image.set_shape([*fixed, 3])
+        mask.set_shape(fixed)
         return image, mask, ok
 
     ds = tf.data.Dataset.range(len(samples)).map(py_load, num_parallel_calls=AUTOTUNE)
@@ -108,6 +118,16 @@ def paste_pairs(images: tf.Tensor, masks: tf.Tensor, prob: float):
     first_img = tf.where(use, pasted_img, a_img)
     first_m = tf.where(use, pasted_m, a_m)
     return tf.stack([first_img, b_img]), tf.stack([first_m, b_m])
+
+
+def paste_within(images: tf.Tensor, masks: tf.Tensor, prob: float):
+    """paste_pairs over a whole batch: each pair, with probability ``prob`` / 2 (paste_pairs' rate: one of
+    each two), gets the person of the pair before it pasted over it."""
+    above_img, above_m = tf.roll(images, 1, axis=0), tf.roll(masks, 1, axis=0)
+    n = tf.shape(images)[0]
+    use = (tf.random.uniform([n, 1, 1, 1]) < prob / 2) & (n > 1)
+    return (tf.where(use, above_img * above_m + images * (1.0 - above_m), images),
+            tf.where(use, above_m + masks * (1.0 - above_m), masks))
 
 
 def source_shares(sizes: list[int], weighting: str) -> list[float]:
@@ -138,8 +158,17 @@ def mix_sources(parts: list[tf.data.Dataset], sizes: list[int], weighting: str, 
 
 def training_pipeline(
     ds: tf.data.Dataset, size: int, batch_size: int, aug: AugmentConfig, drop_remainder: bool = False,
+    aspect: str = "stretch",
 ) -> tf.data.Dataset:
-    """``ds`` yields uint8 pairs already in training order (mix_sources shuffles them)."""
+    """``ds`` yields uint8 pairs already in training order (mix_sources shuffles them).
+
+    With aspect keep, the pairs come at (a multiple of) the shape nearest their aspect (see shapes.py), are
+    cropped to that shape, and batched with pairs of the same shape. The number of batches then varies
+    from one pass to the next (a partial batch per shape), so that stream repeats without end and
+    fit() counts the steps of an epoch.
+    """
+    if aspect != "stretch":
+        return _keep_aspect_pipeline(ds, size, batch_size, aug, drop_remainder, aspect)
     ds = ds.map(_from_uint8, num_parallel_calls=AUTOTUNE)
     ds = ds.map(lambda i, m: augment(i, m, size, aug), num_parallel_calls=AUTOTUNE)
     if aug.paste_prob > 0:
@@ -149,9 +178,34 @@ def training_pipeline(
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
 
 
+def _keep_aspect_pipeline(ds, size: int, batch_size: int, aug: AugmentConfig, drop_remainder: bool, aspect: str):
+    shapes = all_shapes(size, aspect)
+    table = tf.constant(shapes, tf.int32)
+    ratios = tf.constant([np.log(cols / rows) for rows, cols in shapes], tf.float32)
+
+    def to_shape(image, mask):
+        hw = tf.cast(tf.shape(image)[:2], tf.float32)
+        k = tf.argmin(tf.abs(tf.math.log(hw[1] / hw[0]) - ratios), output_type=tf.int32)
+        image, mask = augment(image, mask, table[k], aug)
+        return image, mask, k
+
+    ds = ds.repeat().map(_from_uint8, num_parallel_calls=AUTOTUNE).map(to_shape, num_parallel_calls=AUTOTUNE)
+    ds = ds.group_by_window(key_func=lambda i, m, k: tf.cast(k, tf.int64),
+                            reduce_func=lambda k, pairs: pairs.batch(batch_size, drop_remainder=drop_remainder),
+                            window_size=batch_size)
+    ds = ds.map(lambda i, m, k: (i, m))
+    if aug.paste_prob > 0:
+        ds = ds.map(lambda i, m: paste_within(i, m, aug.paste_prob), num_parallel_calls=AUTOTUNE)
+    return ds.map(lambda i, m: (i * 255.0, m), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+
 def validation_pipeline(
-    ds: tf.data.Dataset, size: int, batch_size: int, drop_remainder: bool = False
+    ds: tf.data.Dataset, size: int | None, batch_size: int, drop_remainder: bool = False
 ) -> tf.data.Dataset:
+    """``size`` None: the pairs are already at the model's shape (keep aspect)."""
     ds = ds.map(_from_uint8, num_parallel_calls=AUTOTUNE)
-    ds = ds.map(lambda i, m: _to_model(i, m, size), num_parallel_calls=AUTOTUNE)
+    if size is None:
+        ds = ds.map(lambda i, m: (i * 255.0, m), num_parallel_calls=AUTOTUNE)
+    else:
+        ds = ds.map(lambda i, m: _to_model(i, m, size), num_parallel_calls=AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)

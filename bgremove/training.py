@@ -15,6 +15,7 @@ A run folder holds everything about one run::
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import re
@@ -27,6 +28,7 @@ import numpy as np
 
 from .data import Discovery, discover, load_all, split_by_group
 from .fileio import atomic_path, atomic_write_bytes
+from .shapes import ASPECTS, model_shape
 
 Reporter = Callable[[str], None]
 STRATEGIES = ("default", "mirrored", "multiworker")
@@ -78,6 +80,8 @@ class TrainConfig:
     paste_prob: float = 0.25  # copy-paste compositing; see tfdata.paste_pairs
     init: str = ""  # start from this .keras model's weights (fine-tuning) instead of the ImageNet encoder
     quantize: str = "int8"  # model.tflite: int8 (calibrated on training photos; ~1.6x faster) or none (float32)
+    # stretch: every photo squeezed to size x size; keep: each at the shape nearest its aspect (shapes.py).
+    aspect: str = "stretch"
 
     def model_config(self):
         from .model import ModelConfig
@@ -91,6 +95,7 @@ class TrainConfig:
             decoder_filters=tuple(self.decoder_filters),
             head="unet" if self.head == "auto" else self.head,
             bn_momentum=self.bn_momentum,
+            aspect=self.aspect,
         )
 
 
@@ -317,6 +322,18 @@ def _ema_callbacks() -> tuple:
     return AveragedIn(), OwnBack()
 
 
+def _image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the file's header, without decoding it; (1, 1) if unreadable (the loader
+    then reports the file)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except Exception:  # noqa: BLE001
+        return 1, 1
+
+
 def _prepare_data(cfg: TrainConfig, run: Path, report: Reporter):
     found: Discovery = discover(Path(cfg.data), cfg.layout)
     if found.unmatched:
@@ -424,7 +441,8 @@ def _loss(cfg: TrainConfig):
     return SegmentationLoss(cfg.dice_weight, cfg.edge_weight)
 
 
-def _warm_up(model, fresh: list[str], train_ds, cfg: TrainConfig, report: Reporter, verbose: int = 0) -> None:
+def _warm_up(model, fresh: list[str], train_ds, cfg: TrainConfig, report: Reporter, verbose: int = 0,
+             steps: int | None = None) -> None:
     """One pass over the data training only the layers --init could not fill, at 10x the learning rate.
 
     New layers start from small random weights, so the model's output sits near 0.5 everywhere; at a
@@ -440,7 +458,7 @@ def _warm_up(model, fresh: list[str], train_ds, cfg: TrainConfig, report: Report
     model.compile(optimizer=keras.optimizers.Adam(cfg.lr * 10), loss=_loss(cfg))
     t0 = time.perf_counter()
     try:
-        history = model.fit(train_ds, epochs=1, verbose=verbose, shuffle=False)
+        history = model.fit(train_ds, epochs=1, verbose=verbose, shuffle=False, steps_per_epoch=steps)
     except KeyboardInterrupt:
         raise TrainingError("interrupted while warming up the new layers; nothing was saved yet") from None
     finally:
@@ -473,6 +491,8 @@ def train(
     state: dict = {}
     if cfg.source_weighting not in WEIGHTINGS:
         raise TrainingError(f"unknown source weighting {cfg.source_weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+    if cfg.aspect not in ASPECTS:
+        raise TrainingError(f"unknown aspect {cfg.aspect!r}; choose one of {', '.join(ASPECTS)}")
     if cfg.quantize not in QUANTIZE:
         raise TrainingError(f"unknown quantization {cfg.quantize!r}; choose one of {', '.join(QUANTIZE)}")
     init_source = None  # the --init model, loaded once: its head is needed before the run folder is written
@@ -519,25 +539,48 @@ def train(
 
     aug = tfdata.AugmentConfig(paste_prob=cfg.paste_prob)
     sources = sorted({s.source for s in train_samples})
+    keep = cfg.aspect != "stretch"
+    # Training pairs are cached larger than the model's shape, so crops keep their detail.
+    train_shape = ((lambda h, w: tuple(round(d * CACHE_SCALE) for d in model_shape(h, w, cfg.size, cfg.aspect)))
+                   if keep else load_size)
+    val_sources: list[str] = []
     if in_memory:
         t0 = time.perf_counter()
-        tr = load_all(train_samples, load_size, cfg.workers)
-        va = load_all(val_samples, cfg.size, cfg.workers)
+        tr = load_all(train_samples, train_shape, cfg.workers)
+        va = load_all(val_samples, (lambda h, w: model_shape(h, w, cfg.size, cfg.aspect)) if keep else cfg.size,
+                      cfg.workers)
         skipped += tr.skipped + va.skipped
         report(f"decoded {len(tr.samples) + len(va.samples)} pairs in {time.perf_counter() - t0:.1f}s")
         n_train, n_val = len(tr.samples), len(va.samples)
-        picks = [np.array([i for i, s in enumerate(tr.samples) if s.source == src], dtype=np.int64) for src in sources]
-        picks = [p for p in picks if len(p)]
-        parts = [tfdata.from_arrays(tr.images[p], tr.masks[p]) for p in picks]
-        sizes = [len(p) for p in picks]
-        val_raw = tfdata.from_arrays(va.images, va.masks) if n_val else None
+        parts, sizes = [], []
+        groups = tr.groups()  # (source, shape) -> indices: each one array
+        for src in sources:
+            stacks = [tfdata.from_arrays(np.stack([tr.images[i] for i in idx]), np.stack([tr.masks[i] for i in idx]))
+                      for (source, _), idx in groups.items() if source == src]
+            if stacks:
+                parts.append(functools.reduce(lambda a, b: a.concatenate(b), stacks))
+                sizes.append(sum(len(idx) for (source, _), idx in groups.items() if source == src))
+        by_shape: dict[tuple, list[int]] = {}
+        for i, image in enumerate(va.images):
+            by_shape.setdefault(image.shape[:2], []).append(i)
+        val_parts = [tfdata.from_arrays(np.stack([va.images[i] for i in idx]), np.stack([va.masks[i] for i in idx]))
+                     for idx in by_shape.values()]
+        val_sources = [va.samples[i].source for idx in by_shape.values() for i in idx]
+        del tr, va
     else:
         bad: list[tuple[Path, str]] = []
         n_train, n_val = len(train_samples), len(val_samples)
         by_source = [[s for s in train_samples if s.source == src] for src in sources]
-        parts = [tfdata.from_files(group, load_size, on_error=lambda p, r: bad.append((p, r))) for group in by_source]
+        on_error = lambda p, r: bad.append((p, r))  # noqa: E731
+        parts = [tfdata.from_files(group, train_shape, on_error=on_error) for group in by_source]
         sizes = [len(group) for group in by_source]
-        val_raw = tfdata.from_files(val_samples, cfg.size, on_error=lambda p, r: bad.append((p, r))) if n_val else None
+        if keep:  # one stream per shape, so each batch has one shape; sized from the image headers
+            val_groups: dict[tuple, list] = {}
+            for sample in val_samples:
+                val_groups.setdefault(model_shape(*_image_size(sample.image), cfg.size, cfg.aspect), []).append(sample)
+            val_parts = [tfdata.from_files(group, shape, on_error=on_error) for shape, group in val_groups.items()]
+        else:
+            val_parts = [tfdata.from_files(val_samples, cfg.size, on_error=on_error)] if n_val else []
     if len(sizes) > 1 and cfg.source_weighting != "none":
         shares = tfdata.source_shares(sizes, cfg.source_weighting)
         report("sources drawn per epoch: " + ", ".join(
@@ -558,16 +601,20 @@ def train(
     batch = -(-cfg.batch_size // replicas) * replicas
     ragged_ok = replicas == 1
     train_ds = tfdata.training_pipeline(train_raw, cfg.size, batch, aug,
-                                        drop_remainder=not ragged_ok and n_train >= batch)
+                                        drop_remainder=not ragged_ok and n_train >= batch, aspect=cfg.aspect)
+    # Keep-aspect batches come from an endless stream (see tfdata.training_pipeline): count an epoch's steps.
+    steps = -(-n_train // batch) if keep else None
     val_batch = batch if ragged_ok else min(batch, n_val // replicas * replicas)
-    if val_raw is not None and val_batch == 0:
+    if val_parts and val_batch == 0:
         report(f"warning: {n_val} validation pair(s) cannot be shared by {replicas} replicas; validating on none")
-    val_ds = (tfdata.validation_pipeline(val_raw, cfg.size, val_batch, drop_remainder=not ragged_ok)
-              if val_raw is not None and val_batch else None)
+    val_ds = None
+    if val_parts and val_batch:
+        val_ds = functools.reduce(lambda a, b: a.concatenate(b), [
+            tfdata.validation_pipeline(part, None if keep else cfg.size, val_batch, drop_remainder=not ragged_ok)
+            for part in val_parts])
     monitor = "val_iou" if val_ds is not None else "iou"
     extra_callbacks = []
-    val_sources = [smp.source for smp in va.samples] if in_memory and val_ds is not None else []
-    per_source = len(set(val_sources)) > 1
+    per_source = val_ds is not None and len(set(val_sources)) > 1
     if per_source:
         extra_callbacks.append(_source_iou_callback(val_ds, val_sources))
         monitor = "val_source_iou"
@@ -584,7 +631,7 @@ def train(
             if cfg.init:
                 model, fresh = _init_model(cfg, Path(cfg.init), report, source=init_source)
                 if fresh:
-                    _warm_up(model, fresh, train_ds, cfg, report, verbose=1 if live_bar else 0)
+                    _warm_up(model, fresh, train_ds, cfg, report, verbose=1 if live_bar else 0, steps=steps)
             else:
                 model = build_unet(cfg.model_config())
             model.compile(
@@ -604,7 +651,7 @@ def train(
         try:
             # With several sources, the per-source callback makes the validation pass (one pass, not two).
             model.fit(train_ds, validation_data=None if per_source else val_ds, epochs=cfg.epochs,
-                      initial_epoch=initial_epoch,
+                      initial_epoch=initial_epoch, steps_per_epoch=steps,
                       callbacks=callbacks, verbose=1 if live_bar else 0, shuffle=False)
         except KeyboardInterrupt:
             # Keep this epoch's progress; the epoch counter stays at the last completed epoch.
@@ -624,7 +671,8 @@ def train(
             final.save(tmp)
         calibration = None
         if cfg.quantize == "int8":
-            calibration = calibration_inputs([s.image for s in train_samples], (cfg.size, cfg.size))
+            calibration = calibration_inputs([s.image for s in train_samples], (cfg.size, cfg.size),
+                                             aspect=cfg.aspect)
         export_tflite(final, run / "model.tflite", calibration)
     if not in_memory and bad:
         with open(run / "skipped.csv", "a", newline="") as fh:

@@ -105,6 +105,27 @@ def trained_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def keep_run(tmp_path_factory) -> Path:
+    """A tiny MobileNetV2 U-Net trained with --aspect keep on portrait, square and landscape photos
+    (model.keras takes any shape; model.tflite one entry point per shape)."""
+    from bgremove.training import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("keep")
+    data = make_folders(root / "data", n=8, size=(48, 64), manifest=True)
+    for i, size in enumerate([(96, 54), (64, 64), (120, 64), (50, 90)] * 2):  # (width, height)
+        image, mask = synthetic_pair(200 + i, *size)
+        cv2.imwrite(str(data / "images" / f"wide_{i}.jpg"), image)
+        cv2.imwrite(str(data / "masks" / f"wide_{i}.png"), mask)
+        with open(data / "manifest.csv", "a") as fh:
+            fh.write(f"wide_{i},a,w{i},manual,{size[0]},{size[1]}\n")
+    cfg = TrainConfig(data=str(data), out=str(root / "run"), epochs=2, batch_size=4, size=64, lr=3e-3,
+                      encoder_weights="none", head="subpixel", aspect="keep", val_split=0.2)
+    result = train(cfg)
+    assert result.status == "finished"
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
 def tiny_tflite(trained_run: Path) -> Path:
     return trained_run / "model.tflite"
 

@@ -62,14 +62,15 @@ def test_keep_freed_memory_sets_glibc_thresholds_in_a_fresh_process():
     assert proc.stdout.split() == ["True", "True"]
 
 
-@pytest.mark.parametrize("kind", ["tflite", "keras"])
-def test_a_threaded_batch_writes_what_one_photo_at_a_time_writes(tmp_path: Path, trained_run: Path, kind: str):
+@pytest.mark.parametrize("kind", ["tflite", "keras", "keep.tflite", "keep.keras"])
+def test_a_threaded_batch_writes_what_one_photo_at_a_time_writes(tmp_path: Path, request, kind: str):
     """.tflite: each worker cuts whole photos with its own interpreter; .keras: the main thread runs batched
-    model calls. Either way: the same pixels as Remover.cut, every file reported once and in order, and a
-    bad file fails alone."""
-    if kind == "keras":
+    model calls (keep: photos of several shapes in one batch). Either way: the same pixels as Remover.cut,
+    every file reported once and in order, and a bad file fails alone."""
+    if kind.endswith("keras") or kind.startswith("keep"):
         pytest.importorskip("tensorflow")
-    model = trained_run / f"model.{kind}"
+    run = request.getfixturevalue("keep_run" if kind.startswith("keep") else "trained_run")
+    model = run / f"model.{kind.split('.')[-1]}"
     sizes = [(48, 64), (90, 70), (33, 120), (64, 64), (100, 41), (56, 77), (70, 90)]
     for i, size in enumerate(sizes):
         write_photo(tmp_path / "in" / f"p{i}.png", seed=i, size=size)

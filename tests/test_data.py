@@ -70,7 +70,7 @@ def test_bad_samples_are_skipped_with_reasons(folders_data: Path):
     cv2.imwrite(str(folders_data / "masks" / "img_002.png"), np.zeros((10, 10), np.uint8))
     loaded = load_all(discover(folders_data).samples, 32, workers=2)
     assert len(loaded.samples) == 10
-    assert loaded.images.shape == (10, 32, 32, 3) and loaded.masks.shape == (10, 32, 32)
+    assert np.stack(loaded.images).shape == (10, 32, 32, 3) and np.stack(loaded.masks).shape == (10, 32, 32)
     reasons = dict((p.name, r) for p, r in loaded.skipped)
     assert "cannot read image" in reasons["img_001.jpg"]
     assert "mask is 10x10" in reasons["img_002.jpg"]
