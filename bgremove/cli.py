@@ -69,6 +69,8 @@ def train(
                                               "the one of five shapes from 9:16 to 16:9 nearest its aspect, with "
                                               "about as many pixels as the square; mobilenetv2).")] = "stretch",
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    freeze_bn: Annotated[bool, typer.Option("--freeze-bn", help="Keep every batch norm's statistics as they are "
+                                            "(fine-tuning with --init, e.g. with --aspect keep, whose batches hold one shape each).")] = False,
     encoder: Annotated[str, typer.Option(help="mobilenetv2 or classic.")] = "mobilenetv2",
     encoder_weights: Annotated[
         str, typer.Option(help="imagenet, none, or a .weights.h5 path (mobilenetv2 encoder).")
@@ -124,7 +126,7 @@ def train(
         decoder_filters=widths, head=head, val_split=val_split, seed=seed, dice_weight=dice_weight,
         edge_weight=edge_weight, ema=ema, patience=patience, strategy=strategy, cache=cache,
         limit=limit, source_weighting=source_weighting, paste_prob=paste_prob, init=str(init or ""),
-        quantize=quantize, aspect=aspect,
+        quantize=quantize, aspect=aspect, freeze_bn=freeze_bn,
     )
     try:
         result = run_training(cfg, report=lambda line: out.print(line, highlight=False), resume=resume is not None,

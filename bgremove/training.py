@@ -76,6 +76,10 @@ class TrainConfig:
     workers: int = 4
     limit: int = 0  # use at most this many training pairs (0 = all); for quick trials
     bn_momentum: float = 0.9
+    # Every batch norm layer in inference mode (its statistics, scale and offset as they are): for
+    # fine-tuning, where batches of one shape (--aspect keep) or of one kind of photo would otherwise pull
+    # the statistics away from what the model sees at inference.
+    freeze_bn: bool = False
     source_weighting: str = "sqrt"  # how often each source is drawn; see tfdata.mix_sources
     paste_prob: float = 0.25  # copy-paste compositing; see tfdata.paste_pairs
     init: str = ""  # start from this .keras model's weights (fine-tuning) instead of the ImageNet encoder
@@ -434,6 +438,18 @@ def _convert_separable(layer, theirs: dict) -> bool:
     return True
 
 
+def _freeze_batch_norm(model) -> int:
+    """Put every BatchNormalization layer in inference mode for good (Keras runs a non-trainable batch norm
+    with its moving statistics, as keras.io's fine-tuning guide advises). The flag is saved with the
+    checkpoints, so --resume keeps it."""
+    import keras
+
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in norms:
+        layer.trainable = False
+    return len(norms)
+
+
 def _loss(cfg: TrainConfig):
     """The loss the run trains with, as configured; the warm-up uses the same."""
     from .model import SegmentationLoss
@@ -634,6 +650,8 @@ def train(
                     _warm_up(model, fresh, train_ds, cfg, report, verbose=1 if live_bar else 0, steps=steps)
             else:
                 model = build_unet(cfg.model_config())
+            if cfg.freeze_bn:
+                report(f"batch norm frozen: {_freeze_batch_norm(model)} layers keep their statistics")
             model.compile(
                 optimizer=keras.optimizers.Adam(cfg.lr, use_ema=cfg.ema > 0, ema_momentum=cfg.ema or 0.99),
                 loss=_loss(cfg),

@@ -175,3 +175,27 @@ def test_keep_aspect_run_trains_resumes_and_exports(keep_run: Path):
     assert result.exit_code == 0, result.output
     with open(keep_run / "history.csv") as fh:
         assert len(fh.read().splitlines()) == 4
+
+
+def test_freeze_bn_keeps_the_statistics_through_training_and_resume(keep_run: Path, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from bgremove.cli import app
+
+    data = json.loads((keep_run / "config.json").read_text())["data"]
+    run = tmp_path / "frozen"
+    args = ["train", "--data", data, "--out", str(run), "--init", str(keep_run / "model.keras"), "--aspect", "keep",
+            "--size", "64", "--freeze-bn", "--epochs", "1", "--batch-size", "4", "--lr", "0.01", "--val-split", "0.2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "batch norm frozen" in result.output
+    result = CliRunner().invoke(app, ["train", "--data", data, "--resume", str(run), "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    before = load_runtime(keep_run / "model.keras").model
+    after = keras.saving.load_model(run / "checkpoints" / "last.keras")
+    norms = [layer.name for layer in before.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and not any(after.get_layer(name).trainable for name in norms)
+    for name in norms:
+        for old, new in zip(before.get_layer(name).get_weights(), after.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(old, new)
+    assert not np.array_equal(before.get_layer("head_conv").get_weights()[0], after.get_layer("head_conv").get_weights()[0])
