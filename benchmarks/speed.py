@@ -242,14 +242,16 @@ def io_floor(files: list[Path], out: Path, workers: int, level: int) -> float:
 
 
 def model_times(model: Path, photo: Path, threads: int | None) -> tuple[float, float, tuple[int, int]]:
-    """(LiteRT call ms at the model size, median of 50; whole alpha ms at the photo size, median of 20; size)."""
+    """(LiteRT call ms at the model's shape for the photo, median of 50; whole alpha ms at the photo size,
+    median of 20; that shape)."""
     from bgremove.images import open_photo
     from bgremove.pipeline import Remover, to_model_input
 
     remover = Remover(model, threads=threads)
     runtime = remover.runtime
     photo_ = open_photo(photo)
-    batch = to_model_input(photo_.rgb, runtime.size)[None]
+    shape = runtime.shape_for(*photo_.rgb.shape[:2])
+    batch = to_model_input(photo_.rgb, shape)[None]
     for _ in range(5):
         runtime.predict(batch)
     calls = []
@@ -263,7 +265,7 @@ def model_times(model: Path, photo: Path, threads: int | None) -> tuple[float, f
         t0 = time.perf_counter()
         remover.predict_alphas([photo_])
         alphas.append(time.perf_counter() - t0)
-    return median(calls) * 1000, median(alphas) * 1000, runtime.size
+    return median(calls) * 1000, median(alphas) * 1000, shape
 
 
 def peer_times(peers_dir: Path, names_spec: str, photo: Path, threads: int) -> dict[str, float]:

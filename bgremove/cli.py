@@ -399,7 +399,11 @@ def export(
         fail(f"{model}: {exc}")
     except OSError as exc:
         fail(f"{output}: cannot write ({(exc.strerror or str(exc)).lower()})")
-    kind = f"int8, calibrated on {len(calibration)} photo(s)" if calibration is not None else "float32"
+    kind = "float32"
+    if isinstance(calibration, list):  # keep aspect: photos at their own shapes, a few also at the others
+        kind = f"int8, calibrated on {len(calibration)} inputs at {len({x.shape for x in calibration})} shapes"
+    elif calibration is not None:
+        kind = f"int8, calibrated on {len(calibration)} photo(s)"
     out.print(f"wrote {output} ({kind}, {output.stat().st_size / 1e6:.1f} MB)")
 
 
