@@ -64,10 +64,12 @@ def train(
     layout: Annotated[str, typer.Option(help="auto, aisegment, manifest or folders.")] = "auto",
     epochs: Annotated[int, typer.Option(min=1)] = 30,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
-    size: Annotated[int, typer.Option(help="Square input size (multiple of 32).")] = 256,
-    aspect: Annotated[str, typer.Option(help="stretch (every photo squeezed to the square) or keep (each photo at "
+    size: Annotated[Optional[int], typer.Option(help="Square input size (multiple of 32) [default: --init's, else 256].",
+                                                show_default=False)] = None,
+    aspect: Annotated[str, typer.Option(help="stretch (every photo squeezed to the square), keep (each photo at "
                                               "the one of five shapes from 9:16 to 16:9 nearest its aspect, with "
-                                              "about as many pixels as the square; mobilenetv2).")] = "stretch",
+                                              "about as many pixels as the square; mobilenetv2) or auto (--init's, "
+                                              "else stretch).")] = "auto",
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
     freeze_bn: Annotated[bool, typer.Option("--freeze-bn", help="Keep every batch norm's statistics as they are "
                                             "(fine-tuning with --init, e.g. with --aspect keep, whose batches hold one shape each).")] = False,
@@ -121,7 +123,7 @@ def train(
     if len(widths) != 5 or min(widths) < 1:
         fail(f"--decoder-filters: expected five positive widths such as 96,64,48,32,16, got {decoder_filters!r}")
     cfg = TrainConfig(
-        data=str(data), out=str(resume or out_dir), layout=layout, epochs=epochs, batch_size=batch_size, size=size,
+        data=str(data), out=str(resume or out_dir), layout=layout, epochs=epochs, batch_size=batch_size, size=size or 0,
         lr=lr, encoder=encoder, encoder_weights=encoder_weights, base_filters=base_filters, depth=depth,
         decoder_filters=widths, head=head, val_split=val_split, seed=seed, dice_weight=dice_weight,
         edge_weight=edge_weight, ema=ema, patience=patience, strategy=strategy, cache=cache,

@@ -49,7 +49,7 @@ class TrainConfig:
     layout: str = "auto"
     epochs: int = 30
     batch_size: int = 16
-    size: int = 256
+    size: int = 0  # square input side (multiple of 32); 0: the --init model's, else 256
     lr: float = 1e-3
     encoder: str = "mobilenetv2"
     encoder_weights: str = "imagenet"
@@ -84,22 +84,23 @@ class TrainConfig:
     paste_prob: float = 0.25  # copy-paste compositing; see tfdata.paste_pairs
     init: str = ""  # start from this .keras model's weights (fine-tuning) instead of the ImageNet encoder
     quantize: str = "int8"  # model.tflite: int8 (calibrated on training photos; ~1.6x faster) or none (float32)
-    # stretch: every photo squeezed to size x size; keep: each at the shape nearest its aspect (shapes.py).
-    aspect: str = "stretch"
+    # stretch: every photo squeezed to size x size; keep: each at the shape nearest its aspect (shapes.py);
+    # auto: the --init model's, else stretch.
+    aspect: str = "auto"
 
     def model_config(self):
         from .model import ModelConfig
 
         return ModelConfig(
             encoder=self.encoder,
-            size=self.size,
+            size=self.size or 256,
             encoder_weights=self.encoder_weights,
             base_filters=self.base_filters,
             depth=self.depth,
             decoder_filters=tuple(self.decoder_filters),
             head="unet" if self.head == "auto" else self.head,
             bn_momentum=self.bn_momentum,
-            aspect=self.aspect,
+            aspect="stretch" if self.aspect == "auto" else self.aspect,
         )
 
 
@@ -497,7 +498,7 @@ def train(
     import keras
 
     from . import tfdata
-    from .model import (HEADS, build_unet, calibration_inputs, export_tflite, head_of,
+    from .model import (HEADS, build_unet, calibration_inputs, export_tflite, head_of, input_size,
                         segmentation_metrics)
 
     if cfg.head not in ("auto", *HEADS):
@@ -507,8 +508,8 @@ def train(
     state: dict = {}
     if cfg.source_weighting not in WEIGHTINGS:
         raise TrainingError(f"unknown source weighting {cfg.source_weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
-    if cfg.aspect not in ASPECTS:
-        raise TrainingError(f"unknown aspect {cfg.aspect!r}; choose one of {', '.join(ASPECTS)}")
+    if cfg.aspect not in ("auto", *ASPECTS):
+        raise TrainingError(f"unknown aspect {cfg.aspect!r}; choose one of auto, {', '.join(ASPECTS)}")
     if cfg.quantize not in QUANTIZE:
         raise TrainingError(f"unknown quantization {cfg.quantize!r}; choose one of {', '.join(QUANTIZE)}")
     init_source = None  # the --init model, loaded once: its head is needed before the run folder is written
@@ -517,12 +518,20 @@ def train(
         init_source = _load_init(Path(cfg.init))
         if cfg.head == "auto":
             cfg = replace(cfg, head=head_of(init_source))
+        # Fine-tuning keeps the model's input: its size and aspect handling, unless asked otherwise.
+        recorded = input_size(init_source)
+        if cfg.size == 0:
+            cfg = replace(cfg, size=recorded[0] if recorded else init_source.input_shape[1] or 256)
+        if cfg.aspect == "auto":
+            cfg = replace(cfg, aspect=recorded[1] if recorded else "stretch")
     elif not resume and cfg.encoder == "mobilenetv2":
         from .model import resolve_encoder_weights
 
         resolve_encoder_weights(cfg.encoder_weights)  # a wrong path fails now, not after decoding the data
     if not resume and cfg.head == "auto":
         cfg = replace(cfg, head="unet")
+    if not resume and cfg.size == 0:
+        cfg = replace(cfg, size=256)
     if resume:
         if not (run / "config.json").is_file():
             raise TrainingError(f"{run}: not a run folder (no config.json)")
@@ -540,6 +549,8 @@ def train(
     else:
         if (run / "checkpoints" / "last.keras").exists():
             raise TrainingError(f"{run}: already holds a run; pass --resume {run} or choose another --out")
+    if cfg.aspect == "auto":  # no --init, or a run from before --aspect
+        cfg = replace(cfg, aspect="stretch")
     (run / "checkpoints").mkdir(parents=True, exist_ok=True)
     _write_json(run / "config.json", asdict(cfg))
     # Before any TensorFlow op: the multi-worker strategy configures collective ops at start-up only.

@@ -184,11 +184,14 @@ def test_freeze_bn_keeps_the_statistics_through_training_and_resume(keep_run: Pa
 
     data = json.loads((keep_run / "config.json").read_text())["data"]
     run = tmp_path / "frozen"
-    args = ["train", "--data", data, "--out", str(run), "--init", str(keep_run / "model.keras"), "--aspect", "keep",
-            "--size", "64", "--freeze-bn", "--epochs", "1", "--batch-size", "4", "--lr", "0.01", "--val-split", "0.2"]
+    # No --size or --aspect: fine-tuning keeps the --init model's (64, keep).
+    args = ["train", "--data", data, "--out", str(run), "--init", str(keep_run / "model.keras"),
+            "--freeze-bn", "--epochs", "1", "--batch-size", "4", "--lr", "0.01", "--val-split", "0.2"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "batch norm frozen" in result.output
+    config = json.loads((run / "config.json").read_text())
+    assert (config["size"], config["aspect"], config["head"]) == (64, "keep", "subpixel")
     result = CliRunner().invoke(app, ["train", "--data", data, "--resume", str(run), "--epochs", "2"])
     assert result.exit_code == 0, result.output
     before = load_runtime(keep_run / "model.keras").model
