@@ -1,6 +1,8 @@
 """Model runtimes: one small interface over a LiteRT ``.tflite`` model and a Keras ``.keras`` model.
 
-Both take a batch of RGB images in [0, 255] at the model's size and return alphas in [0, 1]. LiteRT is
+Both take a batch of RGB images in [0, 255] at one of the model's shapes (``shape_for`` picks it for a
+photo: the model's square, or the shape nearest the photo's aspect for a keep-aspect model; see
+shapes.py) and return alphas in [0, 1]. LiteRT is
 the default for the shipped model because it starts in milliseconds; TensorFlow is imported only when a
 ``.keras`` model is asked for.
 """
@@ -96,17 +98,17 @@ class LiteRTRuntime:
                     match = re.fullmatch(r"alpha_(\d+)x(\d+)", key)
                     if match:
                         keys[(int(match[1]), int(match[2]))] = key
-                if not keys:
+                self._keys, self._runners = keys, {}
+                if keys:
+                    runner = self._runner(next(iter(keys)))
+                    inp, outp = runner.get_input_details()["image"], next(iter(runner.get_output_details().values()))
+                else:
                     self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
+        except (ValueError, RuntimeError, KeyError) as exc:
             raise ModelError(f"{path}: not a valid LiteRT model ({_first_line(exc)})") from None
-        self._runners: dict[tuple[int, int], object] = {}
         if keys:
             self.aspect = "keep"
             self.shapes = list(keys)
-            self._keys = keys
-            runner = self._runner(self.shapes[len(self.shapes) // 2])
-            inp, outp = runner.get_input_details()["image"], next(iter(runner.get_output_details().values()))
         else:
             self.aspect = "stretch"
             inp, outp = self.interpreter.get_input_details()[0], self.interpreter.get_output_details()[0]
@@ -120,6 +122,7 @@ class LiteRTRuntime:
         self.size = self.shape_for(1, 1)
 
     def _runner(self, shape: tuple[int, int]):
+        """The entry point for ``shape``, made (and its tensors allocated) on first use."""
         if shape not in self._runners:
             with quiet_stderr():
                 self._runners[shape] = self.interpreter.get_signature_runner(self._keys[shape])
@@ -187,7 +190,7 @@ class KerasRuntime:
             if size and (size, size) != tuple(fixed):
                 raise ModelError(f"{path}: input size is fixed at {fixed[1]}x{fixed[0]}; --size {size} is not possible")
             self.size = (int(fixed[0]), int(fixed[1]))
-        self.shapes = all_shapes(self.size[0], self.aspect) if self.aspect != "stretch" else [self.size]
+        self.shapes = all_shapes(self.size[0], self.aspect)
 
     def shape_for(self, height: int, width: int) -> tuple[int, int]:
         return nearest_shape(height, width, self.shapes)
