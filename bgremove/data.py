@@ -232,6 +232,10 @@ class LoadedSet:
     masks: list[np.ndarray]  # (H, W) uint8 each
     skipped: list[tuple[Path, str]]
 
+    def stacked(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The images and masks of ``indices`` (pairs of one shape) as two arrays."""
+        return np.stack([self.images[i] for i in indices]), np.stack([self.masks[i] for i in indices])
+
     def groups(self) -> dict[tuple[str, tuple[int, int]], list[int]]:
         """Indices of the pairs by (source, shape): each group can be stacked into one array."""
         found: dict[tuple[str, tuple[int, int]], list[int]] = {}

@@ -582,16 +582,15 @@ def train(
         parts, sizes = [], []
         groups = tr.groups()  # (source, shape) -> indices: each one array
         for src in sources:
-            stacks = [tfdata.from_arrays(np.stack([tr.images[i] for i in idx]), np.stack([tr.masks[i] for i in idx]))
-                      for (source, _), idx in groups.items() if source == src]
-            if stacks:
+            picks = [idx for (source, _), idx in groups.items() if source == src]
+            if picks:
+                stacks = [tfdata.from_arrays(*tr.stacked(idx)) for idx in picks]
                 parts.append(functools.reduce(lambda a, b: a.concatenate(b), stacks))
-                sizes.append(sum(len(idx) for (source, _), idx in groups.items() if source == src))
+                sizes.append(sum(map(len, picks)))
         by_shape: dict[tuple, list[int]] = {}
         for i, image in enumerate(va.images):
             by_shape.setdefault(image.shape[:2], []).append(i)
-        val_parts = [tfdata.from_arrays(np.stack([va.images[i] for i in idx]), np.stack([va.masks[i] for i in idx]))
-                     for idx in by_shape.values()]
+        val_parts = [tfdata.from_arrays(*va.stacked(idx)) for idx in by_shape.values()]
         val_sources = [va.samples[i].source for idx in by_shape.values() for i in idx]
         del tr, va
     else:
