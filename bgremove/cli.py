@@ -108,6 +108,14 @@ def train(
     quantize: Annotated[
         str, typer.Option(help="model.tflite as int8 (calibrated on training photos; faster) or none (float32).")
     ] = "int8",
+    teacher: Annotated[
+        Optional[Path], typer.Option(help="Distil this .keras model (e.g. weights/bgremove.keras): its alpha, "
+                                     "averaged with its mirror image's, is part of every training target.")
+    ] = None,
+    teacher_weight: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of each training target that is the --teacher's alpha "
+                            "(the rest is the mask).")
+    ] = 0.5,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder.")] = None,
 ) -> None:
     """Train the U-Net on image/mask pairs."""
@@ -128,7 +136,8 @@ def train(
         decoder_filters=widths, head=head, val_split=val_split, seed=seed, dice_weight=dice_weight,
         edge_weight=edge_weight, ema=ema, patience=patience, strategy=strategy, cache=cache,
         limit=limit, source_weighting=source_weighting, paste_prob=paste_prob, init=str(init or ""),
-        quantize=quantize, aspect=aspect, freeze_bn=freeze_bn,
+        quantize=quantize, aspect=aspect, freeze_bn=freeze_bn, teacher=str(teacher or ""),
+        teacher_weight=teacher_weight,
     )
     try:
         result = run_training(cfg, report=lambda line: out.print(line, highlight=False), resume=resume is not None,

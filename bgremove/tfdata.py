@@ -199,6 +199,28 @@ def _keep_aspect_pipeline(ds, size: int, batch_size: int, aug: AugmentConfig, dr
     return ds.map(lambda i, m: (i * 255.0, m), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
 
+def with_teacher(ds: tf.data.Dataset, teacher, weight: float) -> tf.data.Dataset:
+    """Knowledge distillation: each training target becomes ``(1 - weight) * mask + weight * teacher alpha``.
+
+    The teacher sees the batch as the student does (after augmentation and pasting) and also mirrored;
+    the two alphas are averaged (the mirror average is a better model than the teacher alone: see
+    ``cut --tta``). Binary masks cannot say how soft an edge should be; the teacher's alpha can, so a
+    cheaper student learns the teacher's edges, and a student of the teacher's own size learns what the
+    mirror average knows. BCE and Dice are linear or smooth in the target, so a blended target is the
+    usual weighted sum of a mask loss and a distillation loss.
+    """
+
+    def soft(images):
+        alpha = teacher(images, training=False)
+        mirrored = tf.reverse(teacher(tf.reverse(images, [2]), training=False), [2])
+        return tf.cast((alpha + mirrored) / 2, tf.float32)
+
+    def blend(images, masks):
+        return images, (1.0 - weight) * masks + weight * soft(images)
+
+    return ds.map(blend).prefetch(AUTOTUNE)
+
+
 def validation_pipeline(
     ds: tf.data.Dataset, size: int | None, batch_size: int, drop_remainder: bool = False
 ) -> tf.data.Dataset:

@@ -87,6 +87,10 @@ class TrainConfig:
     # stretch: every photo squeezed to size x size; keep: each at the shape nearest its aspect (shapes.py);
     # auto: the --init model's, else stretch.
     aspect: str = "auto"
+    # Knowledge distillation: a .keras model whose mirror-averaged alpha makes up ``teacher_weight`` of
+    # every training target (tfdata.with_teacher); "" = none.
+    teacher: str = ""
+    teacher_weight: float = 0.5
 
     def model_config(self):
         from .model import ModelConfig
@@ -370,6 +374,37 @@ def _load_init(path: Path):
         raise TrainingError(f"{path}: cannot load the --init model ({type(exc).__name__}: {exc})") from None
 
 
+def _check_teacher(cfg: TrainConfig) -> None:
+    """What can be told of --teacher without TensorFlow, before the run folder is made."""
+    path = Path(cfg.teacher)
+    if not path.is_file():
+        raise TrainingError(f"{path}: --teacher model not found")
+    if path.suffix != ".keras":
+        raise TrainingError(f"{path}: --teacher needs a .keras model (a .tflite file cannot run inside training)")
+    if not 0.0 < cfg.teacher_weight <= 1.0:
+        raise TrainingError(f"--teacher-weight {cfg.teacher_weight}: must be above 0 and at most 1")
+
+
+def _load_teacher(cfg: TrainConfig):
+    """The --teacher model, checked to take every input shape this run trains at."""
+    import keras
+
+    path = Path(cfg.teacher)
+    try:
+        teacher = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise TrainingError(f"{path}: cannot load the --teacher model ({type(exc).__name__}: {exc})") from None
+    fixed = tuple(teacher.input_shape[1:3])
+    if fixed != (None, None) and (cfg.aspect != "stretch" or fixed != (cfg.size, cfg.size)):
+        wanted = f"{cfg.size}x{cfg.size}" if cfg.aspect == "stretch" else "every keep-aspect shape"
+        raise TrainingError(f"{path}: the --teacher takes {fixed[0]}x{fixed[1]} inputs only; this run trains at "
+                            f"{wanted} (give it a keep-aspect teacher, or train at the teacher's size)")
+    if teacher.output_shape[-1] != 1:
+        raise TrainingError(f"{path}: the --teacher gives {teacher.output_shape[-1]} channels, not one alpha")
+    teacher.trainable = False
+    return teacher
+
+
 def _init_model(cfg: TrainConfig, path: Path, report: Reporter = lambda _: None, source=None):
     """A fresh U-Net of cfg's shape carrying the weights of the model in ``path`` (any input size).
 
@@ -551,10 +586,13 @@ def train(
             raise TrainingError(f"{run}: already holds a run; pass --resume {run} or choose another --out")
     if cfg.aspect == "auto":  # no --init, or a run from before --aspect
         cfg = replace(cfg, aspect="stretch")
+    if cfg.teacher:
+        _check_teacher(cfg)
     (run / "checkpoints").mkdir(parents=True, exist_ok=True)
     _write_json(run / "config.json", asdict(cfg))
     # Before any TensorFlow op: the multi-worker strategy configures collective ops at start-up only.
     strategy = _strategy(cfg.strategy)
+    teacher = _load_teacher(cfg) if cfg.teacher else None  # before the data: a wrong teacher fails fast
 
     found, train_samples, val_samples = _prepare_data(cfg, run, report)
     load_size = int(round(cfg.size * CACHE_SCALE))
@@ -628,6 +666,9 @@ def train(
     ragged_ok = replicas == 1
     train_ds = tfdata.training_pipeline(train_raw, cfg.size, batch, aug,
                                         drop_remainder=not ragged_ok and n_train >= batch, aspect=cfg.aspect)
+    if teacher is not None:
+        train_ds = tfdata.with_teacher(train_ds, teacher, cfg.teacher_weight)
+        report(f"teacher: {cfg.teacher} (with its mirror image), {cfg.teacher_weight:g} of every training target")
     # Keep-aspect batches come from an endless stream (see tfdata.training_pipeline): count an epoch's steps.
     steps = -(-n_train // batch) if keep else None
     val_batch = batch if ragged_ok else min(batch, n_val // replicas * replicas)
