@@ -169,8 +169,9 @@ def test_keep_aspect_run_writes_a_keep_aspect_model(keep_run: Path):
     assert len(rows) == 3 and all(math.isfinite(float(v)) for v in rows[-1].split(",")[1:])
 
 
-def test_freeze_bn_keeps_the_statistics_through_training_and_resume(keep_run: Path, tmp_path: Path):
-    """Fine-tuning a keep-aspect model with --freeze-bn, then resuming it: the batch norms never move."""
+def test_freeze_bn_and_teacher_are_kept_through_training_and_resume(keep_run: Path, tmp_path: Path):
+    """Fine-tuning a keep-aspect model with --freeze-bn and a --teacher, then resuming it: the batch norms
+    never move, and the teacher goes on teaching (tests/test_distill.py checks the targets it makes)."""
     from typer.testing import CliRunner
 
     from bgremove.cli import app
@@ -180,15 +181,17 @@ def test_freeze_bn_keeps_the_statistics_through_training_and_resume(keep_run: Pa
     # No --size or --aspect: fine-tuning keeps the --init model's (64, keep).
     args = ["train", "--data", data, "--out", str(run), "--init", str(keep_run / "model.keras"),
             "--freeze-bn", "--epochs", "1", "--batch-size", "4", "--lr", "0.01", "--val-split", "0.2",
-            "--quantize", "none"]
+            "--quantize", "none", "--teacher", str(keep_run / "model.keras"), "--teacher-weight", "0.7"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "batch norm frozen" in result.output
+    assert f"teacher: {keep_run / 'model.keras'} (with its mirror image), 0.7 of every training target" in result.output
     config = json.loads((run / "config.json").read_text())
     assert (config["size"], config["aspect"], config["head"]) == (64, "keep", "subpixel")
+    assert (config["teacher"], config["teacher_weight"]) == (str(keep_run / "model.keras"), 0.7)
     result = CliRunner().invoke(app, ["train", "--data", data, "--resume", str(run), "--epochs", "2"])
     assert result.exit_code == 0, result.output
-    assert "resuming" in result.output
+    assert "resuming" in result.output and "teacher:" in result.output
     with open(run / "history.csv") as fh:
         assert len(fh.read().splitlines()) == 3
     before = load_runtime(keep_run / "model.keras").model

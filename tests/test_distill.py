@@ -1,4 +1,5 @@
-"""Knowledge distillation (train --teacher): the blended targets, a run with a teacher, and its errors."""
+"""Knowledge distillation (train --teacher): the blended targets and the errors. A run with a teacher
+and its resume: tests/test_aspect.py (test_freeze_bn_and_teacher_are_kept_through_training_and_resume)."""
 
 import json
 from pathlib import Path
@@ -31,26 +32,6 @@ def test_targets_blend_the_mask_with_the_teachers_mirror_averaged_alpha(keep_run
         mirrored = teacher.predict(images[:, :, ::-1], verbose=0)[:, :, ::-1]
         assert not np.allclose(plain, mirrored, atol=1e-3)  # the mirror adds something
         np.testing.assert_allclose(targets, 0.75 * masks + 0.25 * (plain + mirrored) / 2, atol=1e-5)
-
-
-def test_cli_train_with_a_teacher_keeps_it_on_resume(keep_run: Path, tmp_path: Path):
-    data = json.loads((keep_run / "config.json").read_text())["data"]
-    model = keep_run / "model.keras"
-    run = tmp_path / "distilled"
-    args = ["train", "--data", data, "--out", str(run), "--init", str(model), "--teacher", str(model),
-            "--teacher-weight", "0.7", "--freeze-bn", "--epochs", "1", "--batch-size", "4", "--val-split", "0.2",
-            "--lr", "0.01", "--quantize", "none"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    assert f"teacher: {model} (with its mirror image), 0.7 of every training target" in result.output
-    config = json.loads((run / "config.json").read_text())
-    assert (config["teacher"], config["teacher_weight"]) == (str(model), 0.7)
-    result = CliRunner().invoke(app, ["train", "--data", data, "--resume", str(run), "--epochs", "2"])
-    assert result.exit_code == 0, result.output
-    assert "teacher:" in result.output and "resuming" in result.output
-    with open(run / "history.csv") as fh:
-        rows = fh.read().splitlines()
-    assert len(rows) == 3 and all(np.isfinite(float(v)) for v in rows[-1].split(",")[1:4])
 
 
 def test_a_teacher_that_cannot_teach_is_a_one_line_error(keep_run: Path, trained_run: Path, tmp_path: Path):
