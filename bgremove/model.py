@@ -366,11 +366,36 @@ class SegmentationLoss(keras.losses.Loss):
         return {**super().get_config(), "dice_weight": self.dice_weight, "edge_weight": self.edge_weight}
 
 
+def _mask_accuracy(y_true, y_pred, threshold: float = 0.5):
+    agree = keras.ops.equal(y_true >= 0.5, y_pred >= threshold)
+    return keras.ops.mean(keras.ops.cast(agree, "float32"), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="bgremove")
+class MaskAccuracy(keras.metrics.MeanMetricWrapper):
+    """Pixel accuracy with prediction and target both cut at 0.5, as ``bgremove eval`` does: a soft target
+    (a resized mask's edges, a matte, a --teacher's blend) is a person where it is at least half one.
+    Keras' BinaryAccuracy compares the target as it is, so a soft pixel is always an error."""
+
+    def __init__(self, name: str = "accuracy", threshold: float = 0.5, dtype=None):
+        super().__init__(_mask_accuracy, name=name, dtype=dtype, threshold=threshold)
+        self.threshold = threshold
+
+    def get_config(self):
+        return {"name": self.name, "threshold": self.threshold, "dtype": self.dtype}
+
+
+@keras.saving.register_keras_serializable(package="bgremove")
+class MaskIoU(keras.metrics.BinaryIoU):
+    """Person IoU with the target cut at 0.5 (Keras truncates a soft target to an integer: 0.97 counts as
+    background, and with --teacher every target is soft)."""
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(keras.ops.cast(y_true >= 0.5, "float32"), y_pred, sample_weight)
+
+
 def segmentation_metrics() -> list:
-    return [
-        keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.5),
-        keras.metrics.BinaryIoU(target_class_ids=[1], threshold=0.5, name="iou"),
-    ]
+    return [MaskAccuracy(name="accuracy", threshold=0.5), MaskIoU(target_class_ids=[1], threshold=0.5, name="iou")]
 
 
 # ---------------------------------------------------------------- export
