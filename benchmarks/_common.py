@@ -45,14 +45,29 @@ def choose_peers(module: ModuleType, spec: str | None) -> list[str]:
     """``--peers a,b`` (or all, in the module's order); unknown names end the run with the valid ones."""
     names = list(module.PEERS)
     if spec is None or spec.strip().lower() in ("", "all"):
-        return names
+        return _runnable(module, names)
     if spec.strip().lower() == "none":
         return []
     wanted = [s.strip() for s in spec.split(",") if s.strip()]
     unknown = [w for w in wanted if w not in module.PEERS]
     if unknown:
         raise SystemExit(f"error: unknown peer(s) {', '.join(unknown)}; choose from {', '.join(names)}")
-    return wanted
+    return _runnable(module, wanted)
+
+
+def _runnable(module: ModuleType, names: list[str]) -> list[str]:
+    """The peers, each run once on a small image (which also loads its model before anything is timed); a
+    peer whose runtime is not installed ends the run with what to install, not with a traceback."""
+    import numpy as np
+
+    probe = np.full((64, 48, 3), 128, np.uint8)
+    for name in names:
+        try:
+            module.PEERS[name](probe)
+        except ImportError as exc:
+            raise SystemExit(f"error: peer {name} needs {exc.name or exc}: pip install -e '.[bench]' "
+                             f"(or leave it out with --peers)") from None
+    return names
 
 
 def model_or_exit(path: Path | None) -> Path:
