@@ -358,42 +358,42 @@ def _prepare_data(cfg: TrainConfig, run: Path, report: Reporter):
     return found, train, val
 
 
-def _check_init(path: Path) -> None:
+def _check_keras_model(path: Path, option: str, why_not_tflite: str) -> None:
+    """What can be told of a --init or --teacher model without TensorFlow."""
     if not path.is_file():
-        raise TrainingError(f"{path}: --init model not found")
+        raise TrainingError(f"{path}: {option} model not found")
     if path.suffix != ".keras":
-        raise TrainingError(f"{path}: --init needs a .keras model (a .tflite file holds no trainable weights)")
+        raise TrainingError(f"{path}: {option} needs a .keras model ({why_not_tflite})")
 
 
-def _load_init(path: Path):
+def _load_keras_model(path: Path, option: str):
     import keras
 
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise TrainingError(f"{path}: cannot load the --init model ({type(exc).__name__}: {exc})") from None
+        raise TrainingError(f"{path}: cannot load the {option} model ({type(exc).__name__}: {exc})") from None
+
+
+def _check_init(path: Path) -> None:
+    _check_keras_model(path, "--init", "a .tflite file holds no trainable weights")
+
+
+def _load_init(path: Path):
+    return _load_keras_model(path, "--init")
 
 
 def _check_teacher(cfg: TrainConfig) -> None:
     """What can be told of --teacher without TensorFlow, before the run folder is made."""
-    path = Path(cfg.teacher)
-    if not path.is_file():
-        raise TrainingError(f"{path}: --teacher model not found")
-    if path.suffix != ".keras":
-        raise TrainingError(f"{path}: --teacher needs a .keras model (a .tflite file cannot run inside training)")
+    _check_keras_model(Path(cfg.teacher), "--teacher", "a .tflite file cannot run inside training")
     if not 0.0 < cfg.teacher_weight <= 1.0:
         raise TrainingError(f"--teacher-weight {cfg.teacher_weight}: must be above 0 and at most 1")
 
 
 def _load_teacher(cfg: TrainConfig):
     """The --teacher model, checked to take every input shape this run trains at."""
-    import keras
-
     path = Path(cfg.teacher)
-    try:
-        teacher = keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise TrainingError(f"{path}: cannot load the --teacher model ({type(exc).__name__}: {exc})") from None
+    teacher = _load_keras_model(path, "--teacher")
     fixed = tuple(teacher.input_shape[1:3])
     if fixed != (None, None) and (cfg.aspect != "stretch" or fixed != (cfg.size, cfg.size)):
         wanted = f"{cfg.size}x{cfg.size}" if cfg.aspect == "stretch" else "every keep-aspect shape"
