@@ -520,6 +520,21 @@ def _warm_up(model, fresh: list[str], train_ds, cfg: TrainConfig, report: Report
            f"loss {history.history['loss'][-1]:.4f} ({time.perf_counter() - t0:.0f}s)")
 
 
+def _inherit_from_init(cfg: TrainConfig, init_model) -> TrainConfig:
+    """Fine-tuning keeps the --init model's head, input size and aspect handling, unless asked otherwise:
+    a user who fine-tunes the shipped model should get the shipped model's shape, not the defaults'."""
+    from .model import head_of, input_size
+
+    recorded = input_size(init_model)
+    if cfg.head == "auto":
+        cfg = replace(cfg, head=head_of(init_model))
+    if cfg.size == 0:
+        cfg = replace(cfg, size=recorded[0] if recorded else init_model.input_shape[1] or 256)
+    if cfg.aspect == "auto":
+        cfg = replace(cfg, aspect=recorded[1] if recorded else "stretch")
+    return cfg
+
+
 def train(
     cfg: TrainConfig, report: Reporter = lambda _: None, resume: bool = False, live_bar: bool = False
 ) -> TrainResult:
@@ -533,8 +548,7 @@ def train(
     import keras
 
     from . import tfdata
-    from .model import (HEADS, build_unet, calibration_inputs, export_tflite, head_of, input_size,
-                        segmentation_metrics)
+    from .model import HEADS, build_unet, calibration_inputs, export_tflite, segmentation_metrics
 
     if cfg.head not in ("auto", *HEADS):
         raise TrainingError(f"unknown head {cfg.head!r}; choose one of auto, {', '.join(HEADS)}")
@@ -551,14 +565,7 @@ def train(
     if not resume and cfg.init:
         _check_init(Path(cfg.init))
         init_source = _load_init(Path(cfg.init))
-        if cfg.head == "auto":
-            cfg = replace(cfg, head=head_of(init_source))
-        # Fine-tuning keeps the model's input: its size and aspect handling, unless asked otherwise.
-        recorded = input_size(init_source)
-        if cfg.size == 0:
-            cfg = replace(cfg, size=recorded[0] if recorded else init_source.input_shape[1] or 256)
-        if cfg.aspect == "auto":
-            cfg = replace(cfg, aspect=recorded[1] if recorded else "stretch")
+        cfg = _inherit_from_init(cfg, init_source)
     elif not resume and cfg.encoder == "mobilenetv2":
         from .model import resolve_encoder_weights
 

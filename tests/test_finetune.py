@@ -15,7 +15,7 @@ from bgremove import tfdata  # noqa: E402
 from bgremove.cli import app  # noqa: E402
 from bgremove.model import HEADS  # noqa: E402
 from bgremove.runtime import load_runtime  # noqa: E402
-from bgremove.training import TrainConfig, TrainingError, _init_model, _warm_up  # noqa: E402
+from bgremove.training import TrainConfig, TrainingError, _inherit_from_init, _init_model, _warm_up  # noqa: E402
 
 TINY = ["--encoder", "classic", "--encoder-weights", "none", "--base-filters", "4", "--depth", "2",
         "--batch-size", "4", "--lr", "0.003"]
@@ -235,9 +235,12 @@ def test_fine_tuning_keeps_the_init_models_head_unless_told(manifest_data: Path,
     assert json.loads((run / "config.json").read_text())["head"] == "subpixel"
     assert head_of(load_runtime(run / "model.keras").model) == "subpixel"
     assert "new (trained from scratch)" not in result.output  # every layer carried over
-    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "light"), "--head", "light"])
-    assert result.exit_code == 0, result.output
-    assert head_of(load_runtime(tmp_path / "light" / "model.keras").model) == "light"
+    # --head (and --size, --aspect) given by the user win over the init model's own; unset ones are inherited.
+    init = load_runtime(source).model
+    asked = _inherit_from_init(TrainConfig(data="-", head="light", size=64), init)
+    assert (asked.head, asked.size, asked.aspect) == ("light", 64, "stretch")
+    inherited = _inherit_from_init(TrainConfig(data="-"), init)
+    assert (inherited.head, inherited.size, inherited.aspect) == ("subpixel", 32, "stretch")
 
 
 def test_cli_rejects_bad_decoder_widths(tmp_path: Path):
