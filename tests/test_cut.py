@@ -251,3 +251,43 @@ def test_installed_package_cuts_with_its_shipped_model(tmp_path: Path):
     # A real person photo: a real share of the frame is kept, and a real share removed.
     coverage = (rgba[..., 3] > 127).mean()
     assert 0.05 < coverage < 0.95
+
+
+def test_the_shipped_models_float32_twin_is_chosen_on_cpus_with_amx(tmp_path: Path, monkeypatch):
+    from bgremove import paths
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx512_vnni amx_bf16 amx_tile amx_int8\n\nprocessor\t: 1\n")
+    assert paths.cpu_has_amx.__wrapped__(info)
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512_vnni amx_tile\n")  # tiles, but no int8
+    assert not paths.cpu_has_amx.__wrapped__(info)
+    assert not paths.cpu_has_amx.__wrapped__(tmp_path / "missing")  # macOS, Windows: int8
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / paths.DEFAULT_MODEL_NAME).touch()
+    monkeypatch.setattr(paths, "weights_dir", lambda: weights)
+    monkeypatch.setattr(paths, "cpu_has_amx", lambda: True)
+    assert paths.default_model_path().name == paths.DEFAULT_MODEL_NAME  # no twin shipped: int8 still
+    (weights / paths.FLOAT_MODEL_NAME).touch()
+    assert paths.default_model_path().name == paths.FLOAT_MODEL_NAME
+    monkeypatch.setattr(paths, "cpu_has_amx", lambda: False)
+    assert paths.default_model_path().name == paths.DEFAULT_MODEL_NAME
+
+
+@pytest.mark.skipif(not (default_model_path().parent / "bgremove-float32.tflite").is_file(),
+                    reason="no float32 twin in weights/")
+def test_the_shipped_int8_and_float32_models_agree():
+    """Whichever the CPU picks, a user gets the same cutout to within int8 rounding: where the model is
+    sure (alpha below 0.1 or above 0.9) the two keep and drop the same pixels; where it is unsure (the
+    cameraman's dark coat on dark grass) int8 rounding may tip a pixel either way."""
+    from bgremove.paths import DEFAULT_MODEL_NAME, FLOAT_MODEL_NAME
+
+    weights = default_model_path().parent
+    for example in sorted((ROOT / "examples").glob("*.jpg")):
+        int8 = Remover(weights / DEFAULT_MODEL_NAME).alpha(example)
+        f32 = Remover(weights / FLOAT_MODEL_NAME).alpha(example)
+        sure = (int8 < 0.1) | (int8 > 0.9)
+        assert sure.mean() > 0.85 and ((int8[sure] > 0.5) == (f32[sure] > 0.5)).mean() > 0.999, example.name
+        assert np.abs(int8 - f32).mean() < 0.03, example.name
+        both, either = ((int8 > 0.5) & (f32 > 0.5)).sum(), ((int8 > 0.5) | (f32 > 0.5)).sum()
+        assert both / either > 0.9, example.name
