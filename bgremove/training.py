@@ -544,7 +544,7 @@ def train(
     """
     from .runtime import import_tensorflow
 
-    tf = import_tensorflow()
+    import_tensorflow()  # first, quietly: keras would import it with its start-up chatter
     import keras
 
     from . import tfdata
