@@ -291,3 +291,16 @@ def test_the_shipped_int8_and_float32_models_agree():
         assert np.abs(int8 - f32).mean() < 0.03, example.name
         both, either = ((int8 > 0.5) & (f32 > 0.5)).sum(), ((int8 > 0.5) | (f32 > 0.5)).sum()
         assert both / either > 0.9, example.name
+
+
+@pytest.mark.skipif(not (default_model_path().parent / "bgremove-float32.tflite").is_file(),
+                    reason="no float32 twin in weights/")
+def test_the_float32_twin_is_the_shipped_keras_model():
+    """The twin must be re-exported whenever bgremove.keras changes; an old one would differ by far more."""
+    pytest.importorskip("tensorflow")
+    from bgremove.paths import FLOAT_MODEL_NAME
+
+    weights = default_model_path().parent
+    example = ROOT / "examples" / "astronaut.jpg"
+    keras_alpha = Remover(weights / "bgremove.keras").alpha(example)
+    np.testing.assert_allclose(Remover(weights / FLOAT_MODEL_NAME).alpha(example), keras_alpha, atol=2e-3)
