@@ -81,6 +81,23 @@ def import_tensorflow():
     return tf
 
 
+_delegate_announced = False
+
+
+def _announce_delegate_quietly(interpreter) -> None:
+    """Allocate the first entry point here, where stderr is silenced, in the first runtime of a process.
+
+    LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate" once per process, when an entry point
+    first allocates its tensors: otherwise at the first photo's call, in a worker thread, where silencing
+    stderr would also silence the main thread's messages about other files. Costs nothing when the first
+    photo takes that entry point's shape, else the packing of its weights (about 25 ms).
+    """
+    global _delegate_announced
+    if not _delegate_announced:
+        interpreter.allocate_tensors()
+        _delegate_announced = True
+
+
 class LiteRTRuntime:
     """A .tflite model. A keep-aspect model holds one entry point (signature ``alpha_<rows>x<cols>``) per
     shape it takes (see model.export_tflite); each photo goes to the one nearest its aspect."""
@@ -93,6 +110,7 @@ class LiteRTRuntime:
         try:
             with quiet_stderr():  # LiteRT's C++ side announces its XNNPACK delegate on stderr
                 self.interpreter = Interpreter(model_path=str(path), num_threads=self.threads)
+                _announce_delegate_quietly(self.interpreter)
                 keys = {}
                 for key in self.interpreter.get_signature_list():
                     match = re.fullmatch(r"alpha_(\d+)x(\d+)", key)
