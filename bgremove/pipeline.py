@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import cv2
 import numpy as np
@@ -26,7 +26,10 @@ from .effects import Background, Margin
 from .images import DEFAULT_MAX_PIXELS, Photo, open_photo
 from .runtime import Runtime, load_runtime
 
-ImageLike = Union[str, Path, np.ndarray, "PIL.Image.Image"]  # noqa: F821
+if TYPE_CHECKING:
+    import PIL.Image
+
+ImageLike = Union[str, Path, np.ndarray, "PIL.Image.Image"]
 
 
 @dataclass
