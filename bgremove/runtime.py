@@ -90,7 +90,7 @@ def _announce_delegate_quietly(interpreter) -> None:
     LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate" once per process, when an entry point
     first allocates its tensors: otherwise at the first photo's call, in a worker thread, where silencing
     stderr would also silence the main thread's messages about other files. Costs nothing when the first
-    photo takes that entry point's shape, else the packing of its weights (about 25 ms).
+    photo takes that entry point's shape, else the packing of its weights (25-60 ms on 2 cores).
     """
     global _delegate_announced
     if not _delegate_announced:
