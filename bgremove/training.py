@@ -701,6 +701,9 @@ def train(
     with strategy.scope():
         if resume:
             model = keras.saving.load_model(run / "checkpoints" / "last.keras", safe_mode=True)
+            # The optimizer and its state go on; the loss and metrics are today's: a checkpoint from an
+            # older version may hold a metric since mended (Keras' IoU read soft targets as background).
+            model.compile(optimizer=model.optimizer, loss=_loss(cfg), metrics=segmentation_metrics())
         else:
             if cfg.init:
                 model, fresh = _init_model(cfg, Path(cfg.init), report, source=init_source)

@@ -97,11 +97,23 @@ def test_cli_train_resume_and_skipped_samples(folders_data: Path, tmp_path: Path
     again = runner.invoke(app, ["train", "--data", str(folders_data), "--out", str(run), *TINY])
     assert again.exit_code == 2 and "already holds a run" in again.output
 
+    # A checkpoint written by an older version, compiled with Keras' own IoU (which truncates soft targets).
+    import keras
+
+    last = run / "checkpoints" / "last.keras"
+    old = keras.saving.load_model(last)
+    steps = int(old.optimizer.iterations.numpy())
+    old.compile(optimizer=old.optimizer, loss=old.loss, metrics=[keras.metrics.BinaryIoU([1], name="iou")])
+    old.save(last)
+
     resumed = runner.invoke(app, ["train", "--data", str(folders_data), "--resume", str(run), "--epochs", "4"])
     assert resumed.exit_code == 0, resumed.output
     assert "resuming" in resumed.output and "at epoch 3" in resumed.output
     assert [int(r["epoch"]) for r in history(run)] == [1, 2, 3, 4]
     assert json.loads((run / "state.json").read_text())["epochs_done"] == 4
+    now = keras.saving.load_model(last)
+    assert "MaskIoU" in json.dumps(now.get_compile_config()["metrics"])  # today's metrics
+    assert int(now.optimizer.iterations.numpy()) == 2 * steps  # the optimizer went on where it was
 
 
 def test_cli_train_on_aisegment_layout(aisegment_data: Path, tmp_path: Path):
