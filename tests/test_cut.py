@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from bgremove import Remover
 from bgremove.batch import plan
 from bgremove.cli import app
-from bgremove.paths import default_model_path
+from bgremove.paths import DEFAULT_MODEL_NAME, FLOAT_MODEL_NAME, default_model_path, weights_dir
 
 from conftest import ROOT, synthetic_pair
 
@@ -254,6 +254,9 @@ def test_installed_package_cuts_with_its_shipped_model(tmp_path: Path):
     assert 0.05 < coverage < 0.95
 
 
+needs_twin = pytest.mark.skipif(not (weights_dir() / FLOAT_MODEL_NAME).is_file(), reason="no float32 twin in weights/")
+
+
 def test_the_shipped_models_float32_twin_is_chosen_on_cpus_with_amx(tmp_path: Path, monkeypatch):
     from bgremove import paths
 
@@ -275,18 +278,14 @@ def test_the_shipped_models_float32_twin_is_chosen_on_cpus_with_amx(tmp_path: Pa
     assert paths.default_model_path().name == paths.DEFAULT_MODEL_NAME
 
 
-@pytest.mark.skipif(not (default_model_path().parent / "bgremove-float32.tflite").is_file(),
-                    reason="no float32 twin in weights/")
+@needs_twin
 def test_the_shipped_int8_and_float32_models_agree():
     """Whichever the CPU picks, a user gets the same cutout to within int8 rounding: where the model is
     sure (alpha below 0.1 or above 0.9) the two keep and drop the same pixels; where it is unsure (the
     cameraman's dark coat on dark grass) int8 rounding may tip a pixel either way."""
-    from bgremove.paths import DEFAULT_MODEL_NAME, FLOAT_MODEL_NAME
-
-    weights = default_model_path().parent
     for example in sorted((ROOT / "examples").glob("*.jpg")):
-        int8 = Remover(weights / DEFAULT_MODEL_NAME).alpha(example)
-        f32 = Remover(weights / FLOAT_MODEL_NAME).alpha(example)
+        int8 = Remover(weights_dir() / DEFAULT_MODEL_NAME).alpha(example)
+        f32 = Remover(weights_dir() / FLOAT_MODEL_NAME).alpha(example)
         sure = (int8 < 0.1) | (int8 > 0.9)
         assert sure.mean() > 0.85 and ((int8[sure] > 0.5) == (f32[sure] > 0.5)).mean() > 0.999, example.name
         assert np.abs(int8 - f32).mean() < 0.03, example.name
@@ -294,14 +293,10 @@ def test_the_shipped_int8_and_float32_models_agree():
         assert both / either > 0.9, example.name
 
 
-@pytest.mark.skipif(not (default_model_path().parent / "bgremove-float32.tflite").is_file(),
-                    reason="no float32 twin in weights/")
+@needs_twin
 def test_the_float32_twin_is_the_shipped_keras_model():
     """The twin must be re-exported whenever bgremove.keras changes; an old one would differ by far more."""
     pytest.importorskip("tensorflow")
-    from bgremove.paths import FLOAT_MODEL_NAME
-
-    weights = default_model_path().parent
     example = ROOT / "examples" / "astronaut.jpg"
-    keras_alpha = Remover(weights / "bgremove.keras").alpha(example)
-    np.testing.assert_allclose(Remover(weights / FLOAT_MODEL_NAME).alpha(example), keras_alpha, atol=2e-3)
+    keras_alpha = Remover(weights_dir() / "bgremove.keras").alpha(example)
+    np.testing.assert_allclose(Remover(weights_dir() / FLOAT_MODEL_NAME).alpha(example), keras_alpha, atol=2e-3)
