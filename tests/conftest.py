@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import cv2
@@ -68,6 +69,11 @@ def make_aisegment(root: Path, groups: int = 3, per_group: int = 4, size=(48, 64
     cv2.imwrite(str(base / "clip_img" / "1803151800" / "clip_00000000" / "orphan.jpg"), synthetic_pair(999)[0])
     return root
 
+
+def sigint_reaches_child() -> None:
+    """``preexec_fn`` for a child a test stops with SIGINT, as Ctrl-C would. Started in the background
+    (``pytest &``, nohup), pytest and its children inherit SIGINT ignored, and the child would never see it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 @pytest.fixture
 def folders_data(tmp_path: Path) -> Path:

@@ -32,7 +32,7 @@ from bgremove.batch import plan
 from bgremove.cli import app
 from bgremove.images import ImageError, open_photo
 
-from conftest import synthetic_pair
+from conftest import sigint_reaches_child, synthetic_pair
 
 runner = CliRunner()
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -578,7 +578,8 @@ def bgremove_exe() -> str:
 
 def start_and_signal(cmd: list[str], out: Path, sig: int, after: int = 3) -> subprocess.Popen:
     """Start ``cmd``; send ``sig`` once ``after`` finished cutouts exist in ``out``."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_reaches_child)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         if out.is_dir() and sum(1 for p in out.iterdir() if not p.name.startswith(".")) >= after:

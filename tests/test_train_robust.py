@@ -17,7 +17,7 @@ from typer.testing import CliRunner  # noqa: E402
 from bgremove.cli import app  # noqa: E402
 from bgremove.fileio import atomic_path  # noqa: E402
 
-from conftest import make_folders  # noqa: E402
+from conftest import make_folders, sigint_reaches_child  # noqa: E402
 
 TINY = ["--encoder", "classic", "--encoder-weights", "none", "--base-filters", "4", "--depth", "2",
         "--size", "32", "--batch-size", "4"]
@@ -86,7 +86,8 @@ def test_ctrl_c_saves_a_checkpoint_and_a_usable_model(tmp_path: Path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "bgremove", "train", "--data", str(data), "--out", str(run), "--epochs", "50", *TINY]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+                            preexec_fn=sigint_reaches_child)
     deadline = time.time() + 300
     while time.time() < deadline and not (run / "checkpoints" / "best.keras").is_file():
         time.sleep(0.2)
