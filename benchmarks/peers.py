@@ -75,6 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None,
                    help="report folder: index.html, metrics.csv, summary.json and table.md")
     p.add_argument("--threads", type=int, default=None, help="model threads for every model (default: all cores)")
+    p.add_argument("--degrade", default=None, metavar="KIND:N",
+                   help="score on degraded photos: rotate:DEGREES, blur:SIGMA or jpeg:QUALITY (see bgremove eval)")
     return p.parse_args(argv)
 
 
@@ -136,7 +138,7 @@ def main(argv=None) -> int:
         peer_names = choose_peers(peers_mod, args.peers)
 
     from bgremove.data import DataError
-    from bgremove.evaluation import EvalError, evaluate, function_candidate, remover_candidate, select_samples
+    from bgremove.evaluation import Degradation, EvalError, evaluate, function_candidate, remover_candidate, select_samples
     from bgremove.pipeline import Remover
     from bgremove.runtime import ModelError
 
@@ -148,17 +150,20 @@ def main(argv=None) -> int:
     models = [model_or_exit(m) for m in (models or [None])]
 
     try:
+        degrade = Degradation.parse(args.degrade) if args.degrade else None
         samples = select_samples(data, "auto", args.split, args.run if args.split == "val" else None,
                                  args.val_split, args.seed, args.limit)
         candidates = [remover_candidate(Remover(path, threads=threads), label)
                       for path, label in zip(models, model_labels(models))]
-    except (DataError, EvalError, ModelError) as exc:
+    except (DataError, EvalError, ModelError, ValueError) as exc:
         raise SystemExit(f"error: {exc}")
     candidates += [function_candidate(name, peers_mod.PEERS[name]) for name in peer_names]
 
     split_desc = ("all pairs" if args.split == "all" else
                   f"val groups of {args.run}" if args.run else
                   f"val side of the default group split (fraction {args.val_split}, seed {args.seed})")
+    if degrade is not None:
+        split_desc += f", each photo degraded ({degrade})"
     print(f"{len(samples)} photo(s) from {data} ({split_desc}); {len(candidates)} model(s), {threads} thread(s)",
           file=sys.stderr)
     t0 = time.perf_counter()
@@ -169,7 +174,7 @@ def main(argv=None) -> int:
             print(f"  {done}/{total} photos, {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
 
     try:
-        result = evaluate(samples, candidates, on_progress=progress)
+        result = evaluate(samples, candidates, on_progress=progress, degrade=degrade)
     except EvalError as exc:
         raise SystemExit(f"error: {exc}")
     elapsed = time.perf_counter() - t0

@@ -102,6 +102,10 @@ def train(
     paste_prob: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Share of training crops with another crop's person pasted in.")
     ] = 0.25,
+    degrade_prob: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="For this share of training crops each: a tilt of up to 15 degrees, a blur, "
+                            "a JPEG recompression (quality 20-90), drawn independently: photos as users send them.")
+    ] = 0.0,
     init: Annotated[
         Optional[Path], typer.Option(help="Fine-tune from this .keras model (e.g. weights/bgremove.keras).")
     ] = None,
@@ -135,7 +139,8 @@ def train(
         lr=lr, encoder=encoder, encoder_weights=encoder_weights, base_filters=base_filters, depth=depth,
         decoder_filters=widths, head=head, val_split=val_split, seed=seed, dice_weight=dice_weight,
         edge_weight=edge_weight, ema=ema, patience=patience, strategy=strategy, cache=cache,
-        limit=limit, source_weighting=source_weighting, paste_prob=paste_prob, init=str(init or ""),
+        limit=limit, source_weighting=source_weighting, paste_prob=paste_prob, degrade_prob=degrade_prob,
+        init=str(init or ""),
         quantize=quantize, aspect=aspect, freeze_bn=freeze_bn, teacher=str(teacher or ""),
         teacher_weight=teacher_weight,
     )
@@ -436,15 +441,22 @@ def evaluate(
     largest: Annotated[bool, typer.Option("--largest", help="Score the alphas as `cut --largest` writes them.")] = False,
     tta: Annotated[bool, typer.Option("--tta", help="Score the alphas as `cut --tta` writes them.")] = False,
     limit: Annotated[int, typer.Option(help="Score at most N pairs, spread over the set (0 = all).")] = 0,
+    degrade: Annotated[Optional[str], typer.Option(help="Score on photos made worse first, to see how robust a model is: "
+                                                     "rotate:DEGREES, blur:SIGMA (pixels) or jpeg:QUALITY; the label follows.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="Model threads.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts).")] = False,
 ) -> None:
     """Score models on labelled photos and write a report with pictures."""
     from .data import DataError
-    from .evaluation import EvalError, evaluate as run_eval, remover_candidate, select_samples
+    from .evaluation import Degradation, EvalError, evaluate as run_eval, remover_candidate, select_samples
     from .pipeline import CutOptions, Remover
     from .report import write_report
     from .runtime import ModelError
+
+    try:
+        degradation = Degradation.parse(degrade) if degrade else None
+    except ValueError as exc:
+        fail(f"--degrade: {exc}")
 
     models = list(model or [])
     if run is not None and not models:
@@ -474,14 +486,16 @@ def evaluate(
     with Progress(console=err, transient=True, disable=quiet or not sys.stderr.isatty()) as progress:
         task = progress.add_task("evaluating", total=len(samples))
         try:
-            result = run_eval(samples, candidates, on_progress=lambda done, total: progress.update(task, completed=done))
+            result = run_eval(samples, candidates, on_progress=lambda done, total: progress.update(task, completed=done),
+                              degrade=degradation)
         except EvalError as exc:
             fail(str(exc))
     header = {"data": str(data), "split": split, "images": len(samples), "run": str(run) if run else "-",
               "segmentation": "prediction binarised at 0.5" + (f" (hard mask at {threshold})" if threshold else ""),
               "options": ", ".join(name for name, on in (("refine", refine), ("clean", clean), ("largest", largest), ("tta", tta))
                                    if on) or "none",
-              "matting": "soft alpha over the whole image, at the ground truth's resolution"}
+              "matting": "soft alpha over the whole image, at the ground truth's resolution",
+              "photos": f"degraded ({degradation})" if degradation else "as they are"}
     index = write_report(result, out_dir, run, header)
     if as_json:
         import json

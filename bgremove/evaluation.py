@@ -25,6 +25,7 @@ from .pipeline import CutOptions, Remover, compose_rgba, finish_alpha
 
 THUMB_HEIGHT = 160
 SPLITS = ("all", "val", "train")
+DEGRADATIONS = {"rotate": "degrees", "blur": "sigma in pixels", "jpeg": "quality 1-100"}
 
 
 class EvalError(Exception):
@@ -41,6 +42,54 @@ class Candidate:
     # The 8-bit alpha the user gets (after threshold, refine, clean, ...): what the metrics score.
     # Given the rendered output too, so it is not computed twice when the output already carries it.
     final_alpha: Callable[[Photo, np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """Each photo made worse as users' photos often are, to score how robust a model is.
+
+    ``rotate:15`` tilts the photo (and its label) about the centre, zoomed in just enough that no corner
+    is empty; ``blur:3`` is a Gaussian blur (sigma in the photo's pixels): a soft or upscaled photo;
+    ``jpeg:25`` recompresses it at that quality. The label follows the photo's geometry only.
+    """
+
+    kind: str
+    amount: float
+
+    @classmethod
+    def parse(cls, text: str) -> "Degradation":
+        kind, _, amount = text.partition(":")
+        choices = ", ".join(f"{k}:N ({v})" for k, v in DEGRADATIONS.items())
+        try:
+            value = float(amount)
+        except ValueError:
+            raise ValueError(f"degradation {text!r}: expected one of {choices}") from None
+        if kind not in DEGRADATIONS:
+            raise ValueError(f"degradation {text!r}: expected one of {choices}")
+        if (kind == "jpeg" and not 1 <= value <= 100) or (kind == "blur" and value <= 0) or not np.isfinite(value):
+            raise ValueError(f"degradation {text!r}: {kind} takes {DEGRADATIONS[kind]}")
+        return cls(kind, value)
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.amount:g}"
+
+    def apply(self, rgb: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(photo, float label) -> the degraded pair at the same size."""
+        if self.kind == "jpeg":
+            ok, data = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(self.amount)])
+            return np.ascontiguousarray(cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1]), gt
+        if self.kind == "blur":
+            return cv2.GaussianBlur(rgb, (0, 0), self.amount, borderType=cv2.BORDER_REFLECT), gt
+        h, w = gt.shape
+        theta = np.deg2rad(self.amount)
+        cos, sin = abs(np.cos(theta)), abs(np.sin(theta))
+        zoom = max(cos + sin * w / h, cos + sin * h / w)  # as training's tfdata.rotate
+        matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), self.amount, zoom)
+
+        def turn(x: np.ndarray) -> np.ndarray:
+            return cv2.warpAffine(x, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+        return turn(rgb), turn(gt)
 
 
 def remover_candidate(remover: Remover, name: str) -> Candidate:
@@ -157,9 +206,11 @@ def summarise(rows: list[dict], models: list[str]) -> dict:
 
 def evaluate(
     samples: list[Sample], candidates: list[Candidate], examples: int = 6, worst: int = 6,
-    on_progress: Callable[[int, int], None] = lambda done, total: None,
+    on_progress: Callable[[int, int], None] = lambda done, total: None, degrade: Degradation | None = None,
 ) -> EvalResult:
-    """Score every candidate on every sample; never stops for one bad pair (it is listed instead)."""
+    """Score every candidate on every sample; never stops for one bad pair (it is listed instead).
+
+    ``degrade``: every photo (and its label) is first made worse that way (Degradation)."""
     if not candidates:
         raise EvalError("no model to evaluate")
     if len({c.name for c in candidates}) < len(candidates):
@@ -176,6 +227,9 @@ def evaluate(
             gt = read_mask(sample.mask).astype(np.float32) / 255.0
             if gt.shape != photo.rgb.shape[:2]:
                 raise SampleError(f"mask is {gt.shape[1]}x{gt.shape[0]}, image is {photo.size[0]}x{photo.size[1]}")
+            if degrade is not None:
+                rgb, gt = degrade.apply(photo.rgb, gt)
+                photo = Photo(rgb)
         except (ImageError, SampleError) as exc:
             skipped.append((str(sample.image), str(exc)))
             on_progress(index + 1, len(samples))

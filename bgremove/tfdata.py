@@ -30,6 +30,14 @@ class AugmentConfig:
     # Paste the person of one training crop over another (the label is the union of both masks):
     # people on backgrounds and in groups the data set does not have.
     paste_prob: float = 0.25
+    # Photo degradations, each drawn on its own for this share of the crops: a tilted camera (rotation
+    # up to ``max_rotation`` degrees, zoomed in so no corner is empty), a soft or upscaled photo
+    # (Gaussian blur, sigma up to ``max_blur`` pixels at the model's shape) and a recompressed one (JPEG
+    # quality from ``jpeg_quality``). The masks hold few such photos; users send many.
+    degrade_prob: float = 0.0
+    max_rotation: float = 15.0
+    max_blur: float = 2.0
+    jpeg_quality: tuple[int, int] = (20, 90)
 
 
 def _random_box(aug: AugmentConfig) -> tf.Tensor:
@@ -43,6 +51,40 @@ def _random_box(aug: AugmentConfig) -> tf.Tensor:
     return tf.where(tf.random.uniform([]) < aug.full_view_prob, full, box)
 
 
+def _sometimes(prob: float, change, x: tf.Tensor) -> tf.Tensor:
+    """``change(x)`` with probability ``prob``, else ``x``; the change is only computed when drawn."""
+    if prob <= 0:
+        return x
+    return tf.cond(tf.random.uniform([]) < prob, lambda: change(x), lambda: x)
+
+
+def rotate(both: tf.Tensor, degrees: tf.Tensor) -> tf.Tensor:
+    """(H, W, C) rotated about its centre and zoomed in just enough that no corner falls outside."""
+    h, w = tf.unstack(tf.cast(tf.shape(both)[:2], tf.float32))
+    theta = degrees * np.pi / 180.0
+    cos, sin = tf.cos(theta), tf.abs(tf.sin(theta))
+    zoom = tf.maximum(cos + sin * w / h, cos + sin * h / w)  # the rotated frame's bounding box / the frame
+    c, s = tf.cos(theta) / zoom, tf.sin(theta) / zoom
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    # Output pixel (x, y) samples the input at the centre + the rotated, shrunk offset.
+    transform = tf.stack([c, -s, cx - c * cx + s * cy, s, c, cy - s * cx - c * cy, 0.0, 0.0])[tf.newaxis]
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=both[tf.newaxis], transforms=transform, output_shape=tf.shape(both)[:2], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="NEAREST")[0]
+
+
+def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
+    """(H, W, 3) blurred by a separable Gaussian (radius 3 sigma, at most 7 pixels; edges repeated)."""
+    x = tf.range(-7.0, 8.0)
+    k = tf.exp(-0.5 * tf.square(x / sigma))
+    k = k / tf.reduce_sum(k)
+    pad = tf.pad(image[tf.newaxis], [[0, 0], [7, 7], [7, 7], [0, 0]], mode="SYMMETRIC")
+    rows = tf.tile(tf.reshape(k, [15, 1, 1, 1]), [1, 1, 3, 1])
+    cols = tf.tile(tf.reshape(k, [1, 15, 1, 1]), [1, 1, 3, 1])
+    out = tf.nn.depthwise_conv2d(pad, rows, [1, 1, 1, 1], "VALID")
+    return tf.nn.depthwise_conv2d(out, cols, [1, 1, 1, 1], "VALID")[0]
+
+
 def augment(image: tf.Tensor, mask: tf.Tensor, shape, aug: AugmentConfig):
     """image (H, W, 3) float in [0, 1], mask (H, W, 1) float in [0, 1] -> the same at ``shape``
     (a square side, or a (rows, cols) tensor)."""
@@ -51,7 +93,10 @@ def augment(image: tf.Tensor, mask: tf.Tensor, shape, aug: AugmentConfig):
     both = tf.image.crop_and_resize(both, _random_box(aug)[tf.newaxis], [0], crop)[0]
     if aug.flip:
         both = tf.image.random_flip_left_right(both)
+    p = aug.degrade_prob
+    both = _sometimes(p, lambda b: rotate(b, tf.random.uniform([], -aug.max_rotation, aug.max_rotation)), both)
     image, mask = both[..., :3], both[..., 3:]
+    image = _sometimes(p, lambda i: gaussian_blur(i, tf.random.uniform([], 0.5, aug.max_blur)), image)
     image = tf.image.random_brightness(image, aug.brightness)
     image = tf.image.random_contrast(image, *aug.contrast)
     image = tf.image.random_saturation(image, *aug.saturation)
@@ -59,7 +104,9 @@ def augment(image: tf.Tensor, mask: tf.Tensor, shape, aug: AugmentConfig):
     gray = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(image))
     image = tf.where(tf.random.uniform([]) < aug.grayscale_prob, gray, image)
     image = image + tf.random.normal(tf.shape(image), stddev=tf.random.uniform([], 0, aug.noise_std))
-    return tf.clip_by_value(image, 0.0, 1.0), tf.clip_by_value(mask, 0.0, 1.0)
+    image = tf.clip_by_value(image, 0.0, 1.0)
+    image = _sometimes(p, lambda i: tf.reshape(tf.image.random_jpeg_quality(i, *aug.jpeg_quality), tf.shape(i)), image)
+    return image, tf.clip_by_value(mask, 0.0, 1.0)
 
 
 def _to_model(image, mask, size: int):

@@ -82,6 +82,7 @@ class TrainConfig:
     freeze_bn: bool = False
     source_weighting: str = "sqrt"  # how often each source is drawn; see tfdata.mix_sources
     paste_prob: float = 0.25  # copy-paste compositing; see tfdata.paste_pairs
+    degrade_prob: float = 0.0  # rotation, blur and JPEG recompression, each this often; see tfdata.AugmentConfig
     init: str = ""  # start from this .keras model's weights (fine-tuning) instead of the ImageNet encoder
     quantize: str = "int8"  # model.tflite: int8 (calibrated on training photos; ~1.6x faster) or none (float32)
     # stretch: every photo squeezed to size x size; keep: each at the shape nearest its aspect (shapes.py);
@@ -609,7 +610,7 @@ def train(
     report(f"{len(train_samples)} training pairs, {len(val_samples)} validation pairs "
            f"({found.layout} layout, {'cached in memory' if in_memory else 'streamed from disk'})")
 
-    aug = tfdata.AugmentConfig(paste_prob=cfg.paste_prob)
+    aug = tfdata.AugmentConfig(paste_prob=cfg.paste_prob, degrade_prob=cfg.degrade_prob)
     sources = sorted({s.source for s in train_samples})
     keep = cfg.aspect != "stretch"
     # Training pairs are cached larger than the model's shape, so crops keep their detail.

@@ -89,3 +89,46 @@ def test_eval_scores_the_alpha_that_cut_writes(tmp_path: Path, tiny_tflite: Path
         assert abs(float(row["sad"]) - all_metrics(alpha, gt)["sad"]) < 1e-5
         if options.threshold is not None:
             assert all(abs(float(r["mse"]) - float(r["mad"])) < 1e-6 for r in rows)
+
+
+def test_degradations_change_the_photo_and_move_the_label_with_it():
+    from bgremove.evaluation import Degradation
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    gt = np.zeros((60, 80), np.float32)
+    gt[10:50, 30:50] = 1.0
+    for text in ("jpeg:20", "blur:2"):
+        photo, label = Degradation.parse(text).apply(rgb, gt)
+        assert photo.shape == rgb.shape and photo.dtype == np.uint8
+        assert np.abs(photo.astype(int) - rgb).mean() > 5, text  # the photo changed
+        np.testing.assert_array_equal(label, gt)  # the person did not move
+    same, label = Degradation.parse("rotate:0").apply(rgb, gt)
+    np.testing.assert_array_equal(same, rgb)
+    np.testing.assert_array_equal(label, gt)
+    # A photo whose red channel is its label stays aligned with the label when tilted, and fills the frame.
+    marked = np.dstack([(gt * 255).astype(np.uint8), np.full_like(rgb[..., 0], 99), rgb[..., 2]])
+    tilted, label = Degradation.parse("rotate:-12").apply(marked, gt)
+    assert np.abs(tilted[..., 0] / 255.0 - label).max() < 0.01
+    assert (tilted[..., 1] == 99).all()  # no empty corner: every pixel comes from inside the photo
+    assert 0.0 < label.mean() != gt.mean() and np.abs(label - gt).mean() > 0.05
+
+
+def test_eval_on_degraded_photos_and_a_bad_degradation(tmp_path: Path, tiny_tflite: Path):
+    data = make_folders(tmp_path / "data", n=4)
+    scores = {}
+    for degrade in (None, "jpeg:5"):
+        out = tmp_path / str(degrade)
+        flags = ["--degrade", degrade] if degrade else []
+        result = runner.invoke(app, ["eval", "--data", str(data), "--model", str(tiny_tflite), "--out", str(out),
+                                     "--json", *flags])
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.output)
+        assert summary["header"]["photos"] == ("degraded (jpeg:5)" if degrade else "as they are")
+        scores[degrade] = summary["models"]["model.tflite"]["all"]["sad"]
+    assert scores["jpeg:5"] != scores[None]  # the model saw other pixels
+    for bad, reason in (("spin:3", "expected one of rotate:N"), ("jpeg:0", "jpeg takes quality 1-100"),
+                        ("blur:x", "expected one of")):
+        result = runner.invoke(app, ["eval", "--data", str(data), "--model", str(tiny_tflite), "--degrade", bad])
+        assert result.exit_code == 2 and reason in result.output, result.output
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1

@@ -63,6 +63,53 @@ def test_paste_puts_the_first_person_over_the_second_with_the_union_label():
     np.testing.assert_allclose(kept_masks[0], a_m)
 
 
+def test_rotation_turns_image_and_mask_together_and_leaves_no_empty_corner():
+    square = tf.random.uniform([8, 8, 4], seed=1)
+    np.testing.assert_allclose(tfdata.rotate(square, tf.constant(0.0)), square)
+    np.testing.assert_allclose(tfdata.rotate(square, tf.constant(90.0)), np.rot90(square.numpy()), atol=1e-5)
+    # A tilted frame is zoomed in: every output pixel samples the inside of the input, never a fill value.
+    frame = tf.concat([tf.fill([40, 64, 3], 0.5), tf.ones([40, 64, 1])], axis=-1)
+    for degrees in (-15.0, 7.0, 15.0):
+        tilted = tfdata.rotate(frame, tf.constant(degrees)).numpy()
+        np.testing.assert_allclose(tilted, frame.numpy(), atol=1e-5)
+    # A vertical bar (mask 1 where the image is bright) stays aligned with its label when tilted.
+    bar = np.zeros([48, 48, 4], np.float32)
+    bar[:, 20:28] = 1.0
+    tilted = tfdata.rotate(tf.constant(bar), tf.constant(12.0)).numpy()
+    np.testing.assert_allclose(tilted[..., 0], tilted[..., 3], atol=1e-6)
+    assert not np.allclose(tilted, bar, atol=0.1)  # it did turn
+
+
+def test_blur_keeps_the_brightness_and_softens_the_detail():
+    rng = np.random.default_rng(0)
+    flat = tf.fill([20, 24, 3], 0.4)
+    np.testing.assert_allclose(tfdata.gaussian_blur(flat, tf.constant(1.5)), flat, atol=1e-6)
+    noise = tf.constant(rng.uniform(0, 1, (20, 24, 3)), tf.float32)
+    soft = tfdata.gaussian_blur(noise, tf.constant(1.5)).numpy()
+    assert soft.shape == (20, 24, 3)
+    assert abs(soft.mean() - noise.numpy().mean()) < 0.02
+    assert soft.std() < 0.4 * noise.numpy().std()
+
+
+def test_degraded_crops_keep_their_shape_range_and_labels():
+    rng = np.random.default_rng(0)
+    image = tf.constant(rng.uniform(0, 1, (60, 50, 3)), tf.float32)
+    mask = tf.constant((rng.uniform(0, 1, (60, 50, 1)) > 0.5).astype(np.float32))
+    always = tfdata.AugmentConfig(degrade_prob=1.0, full_view_prob=1.0, flip=False, noise_std=0.0,
+                                  brightness=0.0, contrast=(1, 1.001), saturation=(1, 1.001), hue=0.0, grayscale_prob=0.0)
+    never = tfdata.AugmentConfig(**{**always.__dict__, "degrade_prob": 0.0})
+    clean_image, clean_mask = tfdata.augment(image, mask, tf.constant([48, 40]), never)
+    for _ in range(3):
+        out, label = tfdata.augment(image, mask, tf.constant([48, 40]), always)
+        assert out.shape == (48, 40, 3) and label.shape == (48, 40, 1)
+        assert 0.0 <= float(tf.reduce_min(out)) and float(tf.reduce_max(out)) <= 1.0
+        assert 0.0 <= float(tf.reduce_min(label)) and float(tf.reduce_max(label)) <= 1.0
+        # Blur and JPEG change the photo; only the rotation touches the label.
+        assert float(tf.reduce_mean(tf.abs(out - clean_image))) > 0.02
+    config = TrainConfig(data="-", degrade_prob=0.3)
+    assert config.degrade_prob == 0.3 and tfdata.AugmentConfig().degrade_prob == 0.0
+
+
 def test_init_model_carries_the_weights_to_another_input_size(trained_run: Path):
     source = trained_run / "model.keras"
     cfg = TrainConfig(data="-", size=64, encoder="classic", base_filters=4, depth=2)
