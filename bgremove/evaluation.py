@@ -73,13 +73,14 @@ class Degradation:
     def __str__(self) -> str:
         return f"{self.kind}:{self.amount:g}"
 
-    def apply(self, rgb: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(photo, float label) -> the degraded pair at the same size."""
+    def apply(self, photo: Photo, gt: np.ndarray) -> tuple[Photo, np.ndarray]:
+        """(photo, float label) -> the degraded pair at the same size; a transparent photo's alpha turns too."""
+        rgb = photo.rgb
         if self.kind == "jpeg":
-            ok, data = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(self.amount)])
-            return np.ascontiguousarray(cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1]), gt
+            _, data = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(self.amount)])
+            return replace(photo, rgb=np.ascontiguousarray(cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1])), gt
         if self.kind == "blur":
-            return cv2.GaussianBlur(rgb, (0, 0), self.amount, borderType=cv2.BORDER_REFLECT), gt
+            return replace(photo, rgb=cv2.GaussianBlur(rgb, (0, 0), self.amount, borderType=cv2.BORDER_REFLECT)), gt
         h, w = gt.shape
         theta = np.deg2rad(self.amount)
         cos, sin = abs(np.cos(theta)), abs(np.sin(theta))
@@ -89,7 +90,8 @@ class Degradation:
         def turn(x: np.ndarray) -> np.ndarray:
             return cv2.warpAffine(x, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
-        return turn(rgb), turn(gt)
+        alpha = None if photo.alpha is None else turn(photo.alpha)
+        return replace(photo, rgb=turn(rgb), alpha=alpha), turn(gt)
 
 
 def remover_candidate(remover: Remover, name: str) -> Candidate:
@@ -228,8 +230,7 @@ def evaluate(
             if gt.shape != photo.rgb.shape[:2]:
                 raise SampleError(f"mask is {gt.shape[1]}x{gt.shape[0]}, image is {photo.size[0]}x{photo.size[1]}")
             if degrade is not None:
-                rgb, gt = degrade.apply(photo.rgb, gt)
-                photo = Photo(rgb)
+                photo, gt = degrade.apply(photo, gt)
         except (ImageError, SampleError) as exc:
             skipped.append((str(sample.image), str(exc)))
             on_progress(index + 1, len(samples))

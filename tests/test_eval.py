@@ -93,23 +93,28 @@ def test_eval_scores_the_alpha_that_cut_writes(tmp_path: Path, tiny_tflite: Path
 
 def test_degradations_change_the_photo_and_move_the_label_with_it():
     from bgremove.evaluation import Degradation
+    from bgremove.images import Photo
 
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
     gt = np.zeros((60, 80), np.float32)
     gt[10:50, 30:50] = 1.0
     for text in ("jpeg:20", "blur:2"):
-        photo, label = Degradation.parse(text).apply(rgb, gt)
+        photo, label = Degradation.parse(text).apply(Photo(rgb), gt)
+        photo = photo.rgb
         assert photo.shape == rgb.shape and photo.dtype == np.uint8
         assert np.abs(photo.astype(int) - rgb).mean() > 5, text  # the photo changed
         np.testing.assert_array_equal(label, gt)  # the person did not move
-    same, label = Degradation.parse("rotate:0").apply(rgb, gt)
-    np.testing.assert_array_equal(same, rgb)
+    same, label = Degradation.parse("rotate:0").apply(Photo(rgb), gt)
+    np.testing.assert_array_equal(same.rgb, rgb)
     np.testing.assert_array_equal(label, gt)
-    # A photo whose red channel is its label stays aligned with the label when tilted, and fills the frame.
+    # A photo whose red channel (and own alpha) is its label stays aligned with the label when tilted, and
+    # fills the frame.
     marked = np.dstack([(gt * 255).astype(np.uint8), np.full_like(rgb[..., 0], 99), rgb[..., 2]])
-    tilted, label = Degradation.parse("rotate:-12").apply(marked, gt)
+    turned, label = Degradation.parse("rotate:-12").apply(Photo(marked, alpha=(gt * 255).astype(np.uint8)), gt)
+    tilted = turned.rgb
     assert np.abs(tilted[..., 0] / 255.0 - label).max() < 0.01
+    np.testing.assert_array_equal(turned.alpha, tilted[..., 0])
     assert (tilted[..., 1] == 99).all()  # no empty corner: every pixel comes from inside the photo
     assert 0.0 < label.mean() != gt.mean() and np.abs(label - gt).mean() > 0.05
 
