@@ -86,9 +86,11 @@ def test_cli_train_resume_and_skipped_samples(folders_data: Path, tmp_path: Path
     (folders_data / "images" / "img_005.jpg").write_bytes(b"\xff\xd8\xff broken")
     run = tmp_path / "run"
     runner = CliRunner()
-    result = runner.invoke(app, ["train", "--data", str(folders_data), "--out", str(run), "--epochs", "2", *TINY])
+    result = runner.invoke(app, ["train", "--data", str(folders_data), "--out", str(run), "--epochs", "2",
+                                 "--degrade-prob", "0.5", *TINY])
     assert result.exit_code == 0, result.output
     assert "skipped 1 unusable file" in result.output
+    assert json.loads((run / "config.json").read_text())["degrade_prob"] == 0.5
     with open(run / "skipped.csv", newline="") as fh:
         skipped = list(csv.DictReader(fh))
     assert [Path(r["path"]).name for r in skipped] == ["img_005.jpg"]
@@ -111,6 +113,7 @@ def test_cli_train_resume_and_skipped_samples(folders_data: Path, tmp_path: Path
     assert "resuming" in resumed.output and "at epoch 3" in resumed.output
     assert [int(r["epoch"]) for r in history(run)] == [1, 2, 3, 4]
     assert json.loads((run / "state.json").read_text())["epochs_done"] == 4
+    assert json.loads((run / "config.json").read_text())["degrade_prob"] == 0.5  # the run's own recipe goes on
     now = keras.saving.load_model(last)
     assert "MaskIoU" in json.dumps(now.get_compile_config()["metrics"])  # today's metrics
     assert int(now.optimizer.iterations.numpy()) == 2 * steps  # the optimizer went on where it was
