@@ -507,7 +507,7 @@ def evaluate(
 
     from .metrics import METRIC_INFO
 
-    table = Table(title=f"{len(samples)} image(s), split {split}")
+    table = Table(title=f"{len(samples)} image(s), split {split}" + (f", degraded ({degradation})" if degradation else ""))
     table.add_column("metric")
     for name in result.models:
         table.add_column(name, justify="right")

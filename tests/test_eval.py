@@ -132,6 +132,9 @@ def test_eval_on_degraded_photos_and_a_bad_degradation(tmp_path: Path, tiny_tfli
         assert summary["header"]["photos"] == ("degraded (jpeg:5)" if degrade else "as they are")
         scores[degrade] = summary["models"]["model.tflite"]["all"]["sad"]
     assert scores["jpeg:5"] != scores[None]  # the model saw other pixels
+    shown = runner.invoke(app, ["eval", "--data", str(data), "--model", str(tiny_tflite), "--out", str(tmp_path / "t"),
+                                "--degrade", "rotate:7"])
+    assert shown.exit_code == 0 and "degraded (rotate:7)" in shown.output, shown.output
     for bad, reason in (("spin:3", "expected one of rotate:N"), ("jpeg:0", "jpeg takes quality 1-100"),
                         ("blur:x", "expected one of")):
         result = runner.invoke(app, ["eval", "--data", str(data), "--model", str(tiny_tflite), "--degrade", bad])
