@@ -106,6 +106,9 @@ def train(
         float, typer.Option(min=0.0, max=1.0, help="For this share of training crops each: a tilt of up to 15 degrees, a blur, "
                             "a JPEG recompression (quality 20-90), drawn independently: photos as users send them.")
     ] = 0.0,
+    degrade_kinds: Annotated[
+        str, typer.Option(help="Which degradations --degrade-prob draws: any of rotate, blur, jpeg, comma-separated.")
+    ] = "rotate,blur,jpeg",
     init: Annotated[
         Optional[Path], typer.Option(help="Fine-tune from this .keras model (e.g. weights/bgremove.keras).")
     ] = None,
@@ -140,7 +143,7 @@ def train(
         decoder_filters=widths, head=head, val_split=val_split, seed=seed, dice_weight=dice_weight,
         edge_weight=edge_weight, ema=ema, patience=patience, strategy=strategy, cache=cache,
         limit=limit, source_weighting=source_weighting, paste_prob=paste_prob, degrade_prob=degrade_prob,
-        init=str(init or ""),
+        degrade_kinds=degrade_kinds, init=str(init or ""),
         quantize=quantize, aspect=aspect, freeze_bn=freeze_bn, teacher=str(teacher or ""),
         teacher_weight=teacher_weight,
     )

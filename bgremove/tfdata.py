@@ -11,6 +11,7 @@ from .data import Sample, SampleError, Shape, load_resized
 from .shapes import all_shapes
 
 AUTOTUNE = tf.data.AUTOTUNE
+DEGRADATIONS = ("rotate", "blur", "jpeg")  # what AugmentConfig.degrade_kinds may name
 
 
 @dataclass
@@ -30,11 +31,12 @@ class AugmentConfig:
     # Paste the person of one training crop over another (the label is the union of both masks):
     # people on backgrounds and in groups the data set does not have.
     paste_prob: float = 0.25
-    # Photo degradations, each drawn on its own for this share of the crops: a tilted camera (rotation
-    # up to ``max_rotation`` degrees, zoomed in so no corner is empty), a soft or upscaled photo
-    # (Gaussian blur, sigma up to ``max_blur`` pixels at the model's shape) and a recompressed one (JPEG
-    # quality from ``jpeg_quality``). The masks hold few such photos; users send many.
+    # Photo degradations, each of ``degrade_kinds`` drawn on its own for this share of the crops: a
+    # tilted camera (rotate: up to ``max_rotation`` degrees, zoomed in so no corner is empty), a soft or
+    # upscaled photo (blur: Gaussian, sigma up to ``max_blur`` pixels at the model's shape) and a
+    # recompressed one (jpeg: quality from ``jpeg_quality``). The masks hold few such photos; users send many.
     degrade_prob: float = 0.0
+    degrade_kinds: tuple[str, ...] = DEGRADATIONS
     max_rotation: float = 15.0
     max_blur: float = 2.0
     jpeg_quality: tuple[int, int] = (20, 90)
@@ -93,10 +95,10 @@ def augment(image: tf.Tensor, mask: tf.Tensor, shape, aug: AugmentConfig):
     both = tf.image.crop_and_resize(both, _random_box(aug)[tf.newaxis], [0], crop)[0]
     if aug.flip:
         both = tf.image.random_flip_left_right(both)
-    p = aug.degrade_prob
-    both = _sometimes(p, lambda b: rotate(b, tf.random.uniform([], -aug.max_rotation, aug.max_rotation)), both)
+    p = {kind: aug.degrade_prob if kind in aug.degrade_kinds else 0.0 for kind in DEGRADATIONS}
+    both = _sometimes(p["rotate"], lambda b: rotate(b, tf.random.uniform([], -aug.max_rotation, aug.max_rotation)), both)
     image, mask = both[..., :3], both[..., 3:]
-    image = _sometimes(p, lambda i: gaussian_blur(i, tf.random.uniform([], 0.5, aug.max_blur)), image)
+    image = _sometimes(p["blur"], lambda i: gaussian_blur(i, tf.random.uniform([], 0.5, aug.max_blur)), image)
     image = tf.image.random_brightness(image, aug.brightness)
     image = tf.image.random_contrast(image, *aug.contrast)
     image = tf.image.random_saturation(image, *aug.saturation)
@@ -105,7 +107,8 @@ def augment(image: tf.Tensor, mask: tf.Tensor, shape, aug: AugmentConfig):
     image = tf.where(tf.random.uniform([]) < aug.grayscale_prob, gray, image)
     image = image + tf.random.normal(tf.shape(image), stddev=tf.random.uniform([], 0, aug.noise_std))
     image = tf.clip_by_value(image, 0.0, 1.0)
-    image = _sometimes(p, lambda i: tf.reshape(tf.image.random_jpeg_quality(i, *aug.jpeg_quality), tf.shape(i)), image)
+    image = _sometimes(p["jpeg"], lambda i: tf.reshape(tf.image.random_jpeg_quality(i, *aug.jpeg_quality), tf.shape(i)),
+                       image)
     return image, tf.clip_by_value(mask, 0.0, 1.0)
 
 

@@ -83,6 +83,7 @@ class TrainConfig:
     source_weighting: str = "sqrt"  # how often each source is drawn; see tfdata.mix_sources
     paste_prob: float = 0.25  # copy-paste compositing; see tfdata.paste_pairs
     degrade_prob: float = 0.0  # rotation, blur and JPEG recompression, each this often; see tfdata.AugmentConfig
+    degrade_kinds: str = "rotate,blur,jpeg"  # which of them
     init: str = ""  # start from this .keras model's weights (fine-tuning) instead of the ImageNet encoder
     quantize: str = "int8"  # model.tflite: int8 (calibrated on training photos; ~1.6x faster) or none (float32)
     # stretch: every photo squeezed to size x size; keep: each at the shape nearest its aspect (shapes.py);
@@ -562,6 +563,9 @@ def train(
         raise TrainingError(f"unknown aspect {cfg.aspect!r}; choose one of auto, {', '.join(ASPECTS)}")
     if cfg.quantize not in QUANTIZE:
         raise TrainingError(f"unknown quantization {cfg.quantize!r}; choose one of {', '.join(QUANTIZE)}")
+    kinds = tuple(k.strip() for k in cfg.degrade_kinds.split(",") if k.strip())
+    if not set(kinds) <= set(tfdata.DEGRADATIONS):
+        raise TrainingError(f"unknown degradation in {cfg.degrade_kinds!r}; choose from {', '.join(tfdata.DEGRADATIONS)}")
     init_source = None  # the --init model, loaded once: its head is needed before the run folder is written
     if not resume and cfg.init:
         _check_init(Path(cfg.init))
@@ -610,7 +614,7 @@ def train(
     report(f"{len(train_samples)} training pairs, {len(val_samples)} validation pairs "
            f"({found.layout} layout, {'cached in memory' if in_memory else 'streamed from disk'})")
 
-    aug = tfdata.AugmentConfig(paste_prob=cfg.paste_prob, degrade_prob=cfg.degrade_prob)
+    aug = tfdata.AugmentConfig(paste_prob=cfg.paste_prob, degrade_prob=cfg.degrade_prob, degrade_kinds=kinds)
     sources = sorted({s.source for s in train_samples})
     keep = cfg.aspect != "stretch"
     # Training pairs are cached larger than the model's shape, so crops keep their detail.

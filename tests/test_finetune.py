@@ -105,8 +105,15 @@ def test_degraded_crops_keep_their_shape_range_and_labels():
         assert out.shape == (48, 40, 3) and label.shape == (48, 40, 1)
         assert 0.0 <= float(tf.reduce_min(out)) and float(tf.reduce_max(out)) <= 1.0
         assert 0.0 <= float(tf.reduce_min(label)) and float(tf.reduce_max(label)) <= 1.0
-        # Blur and JPEG change the photo; only the rotation touches the label.
         assert float(tf.reduce_mean(tf.abs(out - clean_image))) > 0.02
+    # Only the tilt touches the label; blur and JPEG change the photo alone.
+    for kinds, label_moves in ((("blur", "jpeg"), False), (("rotate",), True)):
+        moved = []
+        for _ in range(3):  # three draws: a tilt of a hair's breadth would hardly move the label
+            out, label = tfdata.augment(image, mask, tf.constant([48, 40]), replace(always, degrade_kinds=kinds))
+            assert float(tf.reduce_mean(tf.abs(out - clean_image))) > 0.02, kinds
+            moved.append(float(tf.reduce_max(tf.abs(label - clean_mask))) > 0.1)
+        assert any(moved) == label_moves, (kinds, moved)
     assert tfdata.AugmentConfig().degrade_prob == 0.0  # off unless asked for (train --degrade-prob)
 
 
