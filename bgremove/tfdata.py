@@ -66,7 +66,7 @@ def rotate(both: tf.Tensor, degrees: tf.Tensor) -> tf.Tensor:
     theta = degrees * np.pi / 180.0
     cos, sin = tf.cos(theta), tf.abs(tf.sin(theta))
     zoom = tf.maximum(cos + sin * w / h, cos + sin * h / w)  # the rotated frame's bounding box / the frame
-    c, s = tf.cos(theta) / zoom, tf.sin(theta) / zoom
+    c, s = cos / zoom, tf.sin(theta) / zoom  # the sine keeps its sign: it sets the direction of the turn
     cx, cy = (w - 1) / 2, (h - 1) / 2
     # Output pixel (x, y) samples the input at the centre + the rotated, shrunk offset.
     transform = tf.stack([c, -s, cx - c * cx + s * cy, s, c, cy - s * cx - c * cy, 0.0, 0.0])[tf.newaxis]
