@@ -107,7 +107,8 @@ def train(
                             "a JPEG recompression (quality 20-90), drawn independently: photos as users send them.")
     ] = 0.0,
     degrade_kinds: Annotated[
-        str, typer.Option(help="Which degradations --degrade-prob draws: any of rotate, blur, jpeg, comma-separated.")
+        str, typer.Option(help="Which degradations --degrade-prob draws, comma-separated: rotate, blur (the photo alone), "
+                            "defocus (photo and mask blurred alike: a soft matte for a soft photo), jpeg.")
     ] = "rotate,blur,jpeg",
     init: Annotated[
         Optional[Path], typer.Option(help="Fine-tune from this .keras model (e.g. weights/bgremove.keras).")

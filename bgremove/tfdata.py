@@ -11,7 +11,7 @@ from .data import Sample, SampleError, Shape, load_resized
 from .shapes import all_shapes
 
 AUTOTUNE = tf.data.AUTOTUNE
-DEGRADATIONS = ("rotate", "blur", "jpeg")  # what AugmentConfig.degrade_kinds may name
+DEGRADATIONS = ("rotate", "blur", "defocus", "jpeg")  # what AugmentConfig.degrade_kinds may name
 
 
 @dataclass
@@ -33,10 +33,12 @@ class AugmentConfig:
     paste_prob: float = 0.25
     # Photo degradations, each of ``degrade_kinds`` drawn on its own for this share of the crops: a
     # tilted camera (rotate: up to ``max_rotation`` degrees, zoomed in so no corner is empty), a soft or
-    # upscaled photo (blur: Gaussian, sigma up to ``max_blur`` pixels at the model's shape) and a
-    # recompressed one (jpeg: quality from ``jpeg_quality``). The masks hold few such photos; users send many.
+    # upscaled photo (blur: Gaussian, sigma up to ``max_blur`` pixels at the model's shape, the mask kept
+    # sharp), a photo out of focus as a whole (defocus: the same blur on photo and mask, since the matte of
+    # a blurred scene is as soft as its edges) and a recompressed one (jpeg: quality from ``jpeg_quality``).
+    # The masks hold few such photos; users send many.
     degrade_prob: float = 0.0
-    degrade_kinds: tuple[str, ...] = DEGRADATIONS
+    degrade_kinds: tuple[str, ...] = ("rotate", "blur", "jpeg")
     max_rotation: float = 15.0
     max_blur: float = 2.0
     jpeg_quality: tuple[int, int] = (20, 90)
@@ -76,13 +78,14 @@ def rotate(both: tf.Tensor, degrees: tf.Tensor) -> tf.Tensor:
 
 
 def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
-    """(H, W, 3) blurred by a separable Gaussian of 15 taps (3 sigma wide up to sigma 2.3; edges mirrored)."""
+    """(H, W, C) blurred by a separable Gaussian of 15 taps (3 sigma wide up to sigma 2.3; edges mirrored)."""
     x = tf.range(-7.0, 8.0)
     k = tf.exp(-0.5 * tf.square(x / sigma))
     k = k / tf.reduce_sum(k)
     pad = tf.pad(image[tf.newaxis], [[0, 0], [7, 7], [7, 7], [0, 0]], mode="SYMMETRIC")
-    rows = tf.tile(tf.reshape(k, [15, 1, 1, 1]), [1, 1, 3, 1])
-    cols = tf.tile(tf.reshape(k, [1, 15, 1, 1]), [1, 1, 3, 1])
+    channels = image.shape[-1]
+    rows = tf.tile(tf.reshape(k, [15, 1, 1, 1]), [1, 1, channels, 1])
+    cols = tf.tile(tf.reshape(k, [1, 15, 1, 1]), [1, 1, channels, 1])
     out = tf.nn.depthwise_conv2d(pad, rows, [1, 1, 1, 1], "VALID")
     return tf.nn.depthwise_conv2d(out, cols, [1, 1, 1, 1], "VALID")[0]
 
@@ -97,6 +100,7 @@ def augment(image: tf.Tensor, mask: tf.Tensor, shape, aug: AugmentConfig):
         both = tf.image.random_flip_left_right(both)
     p = {kind: aug.degrade_prob if kind in aug.degrade_kinds else 0.0 for kind in DEGRADATIONS}
     both = _sometimes(p["rotate"], lambda b: rotate(b, tf.random.uniform([], -aug.max_rotation, aug.max_rotation)), both)
+    both = _sometimes(p["defocus"], lambda b: gaussian_blur(b, tf.random.uniform([], 0.5, aug.max_blur)), both)
     image, mask = both[..., :3], both[..., 3:]
     image = _sometimes(p["blur"], lambda i: gaussian_blur(i, tf.random.uniform([], 0.5, aug.max_blur)), image)
     image = tf.image.random_brightness(image, aug.brightness)

@@ -106,15 +106,22 @@ def test_degraded_crops_keep_their_shape_range_and_labels():
         assert 0.0 <= float(tf.reduce_min(out)) and float(tf.reduce_max(out)) <= 1.0
         assert 0.0 <= float(tf.reduce_min(label)) and float(tf.reduce_max(label)) <= 1.0
         assert float(tf.reduce_mean(tf.abs(out - clean_image))) > 0.02
-    # Only the tilt touches the label; blur and JPEG change the photo alone.
-    for kinds, label_moves in ((("blur", "jpeg"), False), (("rotate",), True)):
+    # Blur and JPEG change the photo alone; a tilt moves the label, defocus softens it.
+    for kinds, label_moves in ((("blur", "jpeg"), False), (("rotate",), True), (("defocus",), True)):
         moved = []
         for _ in range(3):  # three draws: a tilt of a hair's breadth would hardly move the label
             out, label = tfdata.augment(image, mask, tf.constant([48, 40]), replace(always, degrade_kinds=kinds))
             assert float(tf.reduce_mean(tf.abs(out - clean_image))) > 0.02, kinds
             moved.append(float(tf.reduce_max(tf.abs(label - clean_mask))) > 0.1)
         assert any(moved) == label_moves, (kinds, moved)
+    # Defocus blurs the label exactly as the photo: a photo that is its own mask stays so.
+    own_mask = tf.concat([mask] * 3, axis=-1)
+    out, label = tfdata.augment(own_mask, mask, tf.constant([48, 40]), replace(always, degrade_kinds=("defocus",)))
+    assert 0.05 < float(tf.reduce_mean(label * (1 - label)))  # soft now
+    for channel in range(3):
+        np.testing.assert_allclose(out[..., channel], label[..., 0], atol=2e-3)  # contrast 1.0005 at most
     assert tfdata.AugmentConfig().degrade_prob == 0.0  # off unless asked for (train --degrade-prob)
+    assert "defocus" not in tfdata.AugmentConfig().degrade_kinds  # chosen by name only
 
 
 def test_init_model_carries_the_weights_to_another_input_size(trained_run: Path):

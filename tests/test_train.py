@@ -183,7 +183,7 @@ def test_multiworker_strategy_with_a_one_worker_cluster(folders_data: Path, tmp_
 def test_unknown_quantization_or_head_is_one_line(folders_data: Path, tmp_path: Path):
     for args, message in [(["--quantize", "int4"], "unknown quantization 'int4'; choose one of int8, none"),
                           (["--head", "huge"], "unknown head 'huge'; choose one of auto, unet, light, subpixel"),
-                          (["--degrade-kinds", "blur,spin"], "unknown degradation in 'blur,spin'; choose from rotate, blur, jpeg")]:
+                          (["--degrade-kinds", "blur,spin"], "unknown degradation in 'blur,spin'; choose from rotate, blur, defocus, jpeg")]:
         result = CliRunner().invoke(app, ["train", "--data", str(folders_data), "--out", str(tmp_path / "q"),
                                           *args, *TINY])
         assert result.exit_code == 2, result.output
