@@ -99,10 +99,14 @@ def augment(image: tf.Tensor, mask: tf.Tensor, shape, aug: AugmentConfig):
     if aug.flip:
         both = tf.image.random_flip_left_right(both)
     p = {kind: aug.degrade_prob if kind in aug.degrade_kinds else 0.0 for kind in DEGRADATIONS}
+
+    def random_blur(x):  # defocus blurs photo and mask together, blur the photo alone
+        return gaussian_blur(x, tf.random.uniform([], 0.5, aug.max_blur))
+
     both = _sometimes(p["rotate"], lambda b: rotate(b, tf.random.uniform([], -aug.max_rotation, aug.max_rotation)), both)
-    both = _sometimes(p["defocus"], lambda b: gaussian_blur(b, tf.random.uniform([], 0.5, aug.max_blur)), both)
+    both = _sometimes(p["defocus"], random_blur, both)
     image, mask = both[..., :3], both[..., 3:]
-    image = _sometimes(p["blur"], lambda i: gaussian_blur(i, tf.random.uniform([], 0.5, aug.max_blur)), image)
+    image = _sometimes(p["blur"], random_blur, image)
     image = tf.image.random_brightness(image, aug.brightness)
     image = tf.image.random_contrast(image, *aug.contrast)
     image = tf.image.random_saturation(image, *aug.saturation)

@@ -83,7 +83,7 @@ class TrainConfig:
     source_weighting: str = "sqrt"  # how often each source is drawn; see tfdata.mix_sources
     paste_prob: float = 0.25  # copy-paste compositing; see tfdata.paste_pairs
     degrade_prob: float = 0.0  # rotation, blur and JPEG recompression, each this often; see tfdata.AugmentConfig
-    degrade_kinds: str = "rotate,blur,jpeg"  # which of them
+    degrade_kinds: str = "rotate,blur,jpeg"  # which of them; tfdata.DEGRADATIONS also has defocus, taken by name only
     init: str = ""  # start from this .keras model's weights (fine-tuning) instead of the ImageNet encoder
     quantize: str = "int8"  # model.tflite: int8 (calibrated on training photos; ~1.6x faster) or none (float32)
     # stretch: every photo squeezed to size x size; keep: each at the shape nearest its aspect (shapes.py);
