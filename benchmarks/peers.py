@@ -12,7 +12,8 @@ What it measures
     * IoU and Boundary F (DAVIS F-measure) use the alpha binarised at 0.5; higher is better.
     * Gradient error and SAD use the soft 8-bit alpha over the whole image (both / 1000); lower is better.
     * "model ms" is the time of the model call per photo: for our models the LiteRT call alone on the
-      already resized input (bgremove.evaluation.remover_candidate); for peers the whole ``PEERS[name](rgb)``
+      already resized input (bgremove.evaluation.remover_candidate), plus, where ``cut`` takes a closer
+      look at small people (``--zoom``, on by default), the second call with its crop; for peers the whole ``PEERS[name](rgb)``
       call, which includes the peer's own resize in and out. "pipeline ms" is decode + model + resize +
       render + PNG encode for every model, the fair end-to-end comparison.
 
@@ -31,6 +32,7 @@ Examples
     python benchmarks/peers.py --model /tmp/m.tflite --limit 20
     python benchmarks/peers.py --run runs/people-mnv2-256 --out reports/peers
     python benchmarks/peers.py --model a.tflite --model b.tflite --peers mediapipe_selfie,ppseg_lite
+    python benchmarks/peers.py --zoom both --peers none      # the closer look at small people against one pass
 
 Threads: ``--threads`` (default: all cores) is given to our LiteRT interpreter and, as PEERS_NUM_THREADS,
 to the peers' ONNX Runtime / LiteRT sessions, so every model runs with the same number of threads.
@@ -77,6 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="model threads for every model (default: all cores)")
     p.add_argument("--degrade", default=None, metavar="KIND:N",
                    help="score on degraded photos: rotate:DEGREES, blur:SIGMA or jpeg:QUALITY (see bgremove eval)")
+    p.add_argument("--zoom", choices=("on", "off", "both"), default="on",
+                   help="our models with cut's closer look at small people (on, the default), without it (off, "
+                        "`cut --no-zoom`), or both side by side ('NAME one-pass' is the one without)")
     return p.parse_args(argv)
 
 
@@ -153,8 +158,13 @@ def main(argv=None) -> int:
         degrade = Degradation.parse(args.degrade) if args.degrade else None
         samples = select_samples(data, "auto", args.split, args.run if args.split == "val" else None,
                                  args.val_split, args.seed, args.limit)
-        candidates = [remover_candidate(Remover(path, threads=threads), label)
-                      for path, label in zip(models, model_labels(models))]
+        candidates = []
+        for path, label in zip(models, model_labels(models)):
+            if args.zoom != "off":
+                candidates.append(remover_candidate(Remover(path, threads=threads), label))
+            if args.zoom != "on":
+                name = f"{label} one-pass" if args.zoom == "both" else label
+                candidates.append(remover_candidate(Remover(path, threads=threads, zoom=False), name))
     except (DataError, EvalError, ModelError, ValueError) as exc:
         raise SystemExit(f"error: {exc}")
     candidates += [function_candidate(name, peers_mod.PEERS[name]) for name in peer_names]
@@ -190,7 +200,9 @@ def main(argv=None) -> int:
         "split": split_desc,
         "images": len(samples),
         "images per source": ", ".join(f"{s} {n}" for s, n in counts.items()),
-        "models": ", ".join(f"{lab} = {p}" for lab, p in zip(model_labels(models), models)),
+        "models": ", ".join(f"{lab} = {p}" for lab, p in zip(model_labels(models), models))
+                  + {"on": " (with the closer look at small people)", "off": " (one pass: --no-zoom)",
+                     "both": " (each with the closer look at small people and in one pass)"}[args.zoom],
         "peers": ", ".join(peer_names) or "-",
         "threads": threads,
         "segmentation": "IoU and Boundary F of the alpha binarised at 0.5",

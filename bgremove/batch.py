@@ -24,7 +24,7 @@ import numpy as np
 
 from .fileio import remove_stale_temps
 from .images import READ_EXTS, ImageError, Photo, encode, open_photo, write_atomic
-from .pipeline import Remover
+from .pipeline import Remover, Zoom
 from .runtime import LiteRTRuntime
 
 CUTOUT_SUFFIX = ".cutout"
@@ -232,8 +232,8 @@ def run(
         photo = open_photo(job.src, remover.max_pixels)
         return photo, remover.model_input(photo)
 
-    def save(job: Job, photo: Photo, small: np.ndarray) -> str:
-        rendered = remover.finish(photo, remover.photo_alpha(photo, small))
+    def save(job: Job, photo: Photo, small: np.ndarray, zoom: Zoom | None) -> str:
+        rendered = remover.finish(photo, remover.photo_alpha(photo, small, zoom))
         data = encode(rendered.pixels, opts.fmt, opts.png_compression)
         write_atomic(job.dst, data)
         return "; ".join(filter(None, [job.note, *photo.notes, *rendered.notes]))
@@ -281,9 +281,10 @@ def run(
                     local.runtime = spare.pop() if spare else remover.runtime.clone()
             try:
                 small = remover.predict_small([model_input], local.runtime)[0]
+                zoom = remover.look_closer([photo], [small], local.runtime)[0]
             except Exception as exc:  # noqa: BLE001
                 raise ImageError(f"model failed: {exc}") from exc
-            return save(job, photo, small)
+            return save(job, photo, small, zoom)
 
         for job in todo:
             if stop.is_set():
@@ -292,8 +293,9 @@ def run(
             report_done()
 
     def batched(pool: ThreadPoolExecutor) -> None:
-        """Keras (e.g. on a GPU): the main thread runs one model call per batch; the workers decode and
-        shrink (load), and upscale, render and encode (save), so the main thread never waits on their work."""
+        """Keras (e.g. on a GPU): the main thread runs the model calls of each batch (the closer look's
+        crops as a second call); the workers decode and shrink (load), and upscale, render and encode
+        (save), so the main thread never waits on their work."""
         loads: list[tuple[Job, Future]] = [(j, pool.submit(load, j)) for j in todo[:ahead]]
         next_index = len(loads)
         try:
@@ -310,7 +312,10 @@ def run(
                         decoded.append((job, exc, None))
                 model_error = None
                 try:
-                    alphas = iter(remover.predict_small([x for _, _, x in decoded if x is not None]))
+                    good = [(photo, x) for _, photo, x in decoded if x is not None]
+                    smalls = remover.predict_small([x for _, x in good])
+                    zooms = remover.look_closer([photo for photo, _ in good], smalls)
+                    alphas = iter(zip(smalls, zooms))
                 except Exception as exc:  # noqa: BLE001 - e.g. out of memory on a huge batch
                     model_error = ImageError(f"model failed: {exc}")
                 for job, photo_or_error, model_input in decoded:
@@ -319,7 +324,7 @@ def run(
                     elif model_error is not None:
                         fut = failed(model_error)
                     else:
-                        fut = pool.submit(save, job, photo_or_error, next(alphas))
+                        fut = pool.submit(save, job, photo_or_error, *next(alphas))
                     in_flight.append((job, fut))
                 report_done()
         finally:

@@ -217,6 +217,7 @@ def cut(
     margin: Annotated[str, typer.Option(help="--crop: space around the subject, in pixels (20) or percent of the subject's box (5%); clipped to the photo.")] = "0",
     model: Annotated[Optional[Path], typer.Option(help="A .tflite or .keras model (default: the shipped model).")] = None,
     tta: Annotated[bool, typer.Option("--tta", help="Also run the model on the mirrored photo and average the two alphas (test-time augmentation): cleaner edges, twice the model time.")] = False,
+    zoom: Annotated[bool, typer.Option("--zoom/--no-zoom", help="Look again, closer, at people who fill less than half the photo: a second model pass on the crop around them (much better edges on full-body photos). --no-zoom: one pass.")] = True,
     threshold: Annotated[
         Optional[float], typer.Option(min=0.0, max=1.0, help="Hard mask at this alpha; default keeps the soft alpha.")
     ] = None,
@@ -259,7 +260,7 @@ def cut(
     def load_remover(threads: int | None) -> Remover:
         try:
             return Remover(model, size=size, threads=threads, device=device, max_pixels=max_pixels, options=options,
-                           tta=tta)
+                           tta=tta, zoom=zoom)
         except ModelError as exc:
             fail(str(exc))
 
@@ -444,6 +445,7 @@ def evaluate(
     clean: Annotated[bool, typer.Option("--clean", help="Score the alphas as `cut --clean` writes them.")] = False,
     largest: Annotated[bool, typer.Option("--largest", help="Score the alphas as `cut --largest` writes them.")] = False,
     tta: Annotated[bool, typer.Option("--tta", help="Score the alphas as `cut --tta` writes them.")] = False,
+    zoom: Annotated[bool, typer.Option("--zoom/--no-zoom", help="Score the alphas as `cut` writes them with (default) or without its closer look at small people.")] = True,
     limit: Annotated[int, typer.Option(help="Score at most N pairs, spread over the set (0 = all).")] = 0,
     degrade: Annotated[Optional[str], typer.Option(help="Score on photos made worse first, to see how robust a model is: "
                                                      "rotate:DEGREES, blur:SIGMA (pixels) or jpeg:QUALITY; the label follows.")] = None,
@@ -480,7 +482,7 @@ def evaluate(
         labels = _model_labels(models)
         for path, label in zip(models or [None], labels):
             options = CutOptions(threshold=threshold, refine=refine, clean=clean, largest=largest)
-            remover = Remover(path, threads=threads, options=options, tta=tta)
+            remover = Remover(path, threads=threads, options=options, tta=tta, zoom=zoom)
             candidates.append(remover_candidate(remover, label))
     except (DataError, EvalError, ModelError) as exc:
         fail(str(exc))
@@ -496,8 +498,8 @@ def evaluate(
             fail(str(exc))
     header = {"data": str(data), "split": split, "images": len(samples), "run": str(run) if run else "-",
               "segmentation": "prediction binarised at 0.5" + (f" (hard mask at {threshold})" if threshold else ""),
-              "options": ", ".join(name for name, on in (("refine", refine), ("clean", clean), ("largest", largest), ("tta", tta))
-                                   if on) or "none",
+              "options": ", ".join(name for name, on in (("refine", refine), ("clean", clean), ("largest", largest), ("tta", tta),
+                                                             ("no zoom", not zoom)) if on) or "none",
               "matting": "soft alpha over the whole image, at the ground truth's resolution",
               "photos": f"degraded ({degradation})" if degradation else "as they are"}
     index = write_report(result, out_dir, run, header)
