@@ -93,3 +93,26 @@ def test_cut_zooms_by_default_and_no_zoom_writes_one_pass(tmp_path: Path, tiny_t
         np.testing.assert_array_equal(np.asarray(Image.open(out / "far.png")), remover.mask(tmp_path / "far.png"))
     assert not np.array_equal(np.asarray(Image.open(tmp_path / "out0" / "far.png")),
                               np.asarray(Image.open(tmp_path / "out1" / "far.png")))
+
+
+@pytest.mark.parametrize("suffix", ["tflite", "keras"])
+def test_a_batch_looks_closer_as_one_photo_at_a_time_does(tmp_path: Path, trained_run: Path, suffix: str):
+    """.tflite: each worker takes both looks with its own interpreter; .keras: the main thread runs the
+    second look of a whole batch as one more model call. Either way the cutouts are Remover.cut's."""
+    if suffix == "keras":
+        pytest.importorskip("tensorflow")
+    model = trained_run / f"model.{suffix}"
+    remover = Remover(model)
+    zoomed = 0
+    for seed in range(5):
+        rgb, _ = small_figure(seed=seed)
+        Image.fromarray(rgb).save(tmp_path / f"far{seed}.png")
+        small = remover.predict_small([remover.model_input(remover.load(rgb))])[0]
+        zoomed += zoom_box(small, rgb.shape[1], rgb.shape[0]) is not None
+    assert zoomed >= 2
+    result = CliRunner().invoke(app, ["cut", str(tmp_path), "-o", str(tmp_path / "out"), "--model", str(model),
+                                      "--workers", "2", "--batch-size", "3"])
+    assert result.exit_code == 0, result.output
+    for seed in range(5):
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / f"far{seed}.png")),
+                                      np.asarray(remover.cut(tmp_path / f"far{seed}.png")))
