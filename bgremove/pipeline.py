@@ -341,7 +341,8 @@ class Remover:
         return alpha
 
     def predict_alphas(self, photos: list[Photo]) -> list[np.ndarray]:
-        """Float alphas at each photo's own resolution, from one batched model call."""
+        """Float alphas at each photo's own resolution, from one batched model call (and one more for the
+        closer look, if any photo takes it)."""
         return self.predict_alphas_timed(photos)[0]
 
     def predict_alphas_timed(self, photos: list[Photo]) -> tuple[list[np.ndarray], float]:
