@@ -16,11 +16,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def synthetic_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """The cool, noisy RGB background of synthetic_pair: no figure on it."""
+    bg = rng.integers(0, 90, size=(height, width, 3)).astype(np.uint8)
+    bg[..., 2] = np.clip(bg[..., 2].astype(int) + 120, 0, 255)  # blue-ish
+    return bg
+
+
 def synthetic_pair(seed: int, width: int = 48, height: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """An RGB image and its 0/255 mask: a warm-coloured figure on a cool, noisy background."""
     rng = np.random.default_rng(seed)
-    bg = rng.integers(0, 90, size=(height, width, 3)).astype(np.uint8)
-    bg[..., 2] = np.clip(bg[..., 2].astype(int) + 120, 0, 255)  # blue-ish
+    bg = synthetic_background(rng, width, height)
     mask = np.zeros((height, width), np.uint8)
     cx = int(rng.integers(width // 3, 2 * width // 3))
     cv2.ellipse(mask, (cx, int(height * 0.7)), (width // 5, height // 3), 0, 0, 360, 255, -1)

@@ -13,7 +13,7 @@ from bgremove.cli import app
 from bgremove.metrics import iou
 from bgremove.pipeline import ZOOM_MARGIN, ZOOM_MIN_PIXELS, to_model_input, to_photo_alpha, zoom_box
 
-from conftest import synthetic_pair
+from conftest import synthetic_background, synthetic_pair
 
 
 def blob(rows: int, cols: int, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
@@ -52,10 +52,8 @@ def test_the_box_is_clipped_to_the_photo_never_blown_up_and_at_most_four_times_c
 
 def small_figure(size=(128, 96), seed: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """A 48 x 64 figure in a corner of a bigger photo of the same background: a person far away."""
-    rng = np.random.default_rng(seed)
     width, height = size
-    rgb = rng.integers(0, 90, size=(height, width, 3)).astype(np.uint8)
-    rgb[..., 2] += 120  # the blue-ish noise of synthetic_pair
+    rgb = synthetic_background(np.random.default_rng(seed), width, height)
     mask = np.zeros((height, width), np.uint8)
     fig_bgr, mask[20:84, 30:78] = synthetic_pair(seed, 48, 64)
     rgb[20:84, 30:78] = cv2.cvtColor(fig_bgr, cv2.COLOR_BGR2RGB)
