@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from . import effects
-from .effects import Background, Margin
+from .effects import Background, Box, Margin
 from .images import DEFAULT_MAX_PIXELS, Photo, open_photo
 from .runtime import Runtime, load_runtime
 
@@ -125,11 +125,11 @@ class Zoom:
     """A second model pass on the part of the photo around the people: ``box`` (x0, y0, x1, y1) in the
     photo's pixels and the model's alpha of that crop."""
 
-    box: tuple[int, int, int, int]
+    box: Box
     small: np.ndarray
 
 
-def zoom_box(small: np.ndarray, width: int, height: int) -> tuple[int, int, int, int] | None:
+def zoom_box(small: np.ndarray, width: int, height: int) -> Box | None:
     """Where a closer look pays, from the model's alpha ``small`` of a photo of ``width`` x ``height``.
 
     The model sees every photo at about 352x352 pixels, so a person who fills a fifth of a video frame
