@@ -62,6 +62,25 @@ def test_keep_freed_memory_sets_glibc_thresholds_in_a_fresh_process():
     assert proc.stdout.split() == ["True", "True"]
 
 
+def test_help_loads_no_model_library_and_a_usage_error_is_one_line():
+    """`bgremove --help` is the first thing a user times: in a fresh process it imports neither the image
+    and model libraries nor typer's rich help (rich.markdown and markdown-it, ~60 ms); a usage error is
+    click's one line after the usage."""
+    script = (
+        "import sys\nfrom bgremove.cli import app\n"
+        "try:\n    app(['cut', '--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = ('numpy', 'cv2', 'PIL', 'tensorflow', 'ai_edge_litert', 'typer.rich_utils', 'rich.markdown')\n"
+        "print('loaded:', [m for m in heavy if m in sys.modules])"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "--output" in proc.stdout and "PHOTO..." in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "loaded: []"
+    result = runner.invoke(app, ["cut", "--no-such-option", "p.jpg"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == "Error: No such option: --no-such-option"
+
+
 @pytest.mark.parametrize("kind", ["tflite", "keras", "keep.tflite", "keep.keras"])
 def test_a_threaded_batch_writes_what_one_photo_at_a_time_writes(tmp_path: Path, request, kind: str):
     """.tflite: each worker cuts whole photos with its own interpreter; .keras: the main thread runs batched
