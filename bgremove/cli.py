@@ -90,6 +90,11 @@ def train(
                                   "(~35% faster: no full-resolution layer), lean (subpixel with a cheaper decoder, ~45% faster), "
                                   "lean-half (lean at half resolution only, ~40% faster) or auto (--init's, else unet).")
     ] = "auto",
+    context: Annotated[
+        Optional[bool], typer.Option("--context/--no-context", help="MobileNetV2: gate the bottleneck's channels by "
+                                     "what the whole photo holds (a global-context branch; --init's if not given, "
+                                     "else off).", show_default=False)
+    ] = None,
     val_split: Annotated[float, typer.Option(help="Fraction of groups held out for validation.")] = 0.1,
     seed: Annotated[int, typer.Option()] = 0,
     dice_weight: Annotated[float, typer.Option(help="Weight of the Dice term added to BCE (0 = BCE only).")] = 1.0,
@@ -149,7 +154,7 @@ def train(
         limit=limit, source_weighting=source_weighting, paste_prob=paste_prob, degrade_prob=degrade_prob,
         degrade_kinds=degrade_kinds, init=str(init or ""),
         quantize=quantize, aspect=aspect, freeze_bn=freeze_bn, teacher=str(teacher or ""),
-        teacher_weight=teacher_weight,
+        teacher_weight=teacher_weight, context=context,
     )
     try:
         result = run_training(cfg, report=lambda line: out.print(line, highlight=False), resume=resume is not None,

@@ -59,6 +59,8 @@ class ModelConfig:
     # "stretch": a fixed square input; "keep": any input size, fed at the shape nearest each photo's aspect
     # with about size x size pixels (see shapes.py).
     aspect: str = "stretch"
+    # MobileNetV2: gate the bottleneck's channels by what the whole photo holds (see _global_context).
+    context: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -199,6 +201,8 @@ def _mobilenet_unet(cfg: ModelConfig, inputs):
                 encoder.get_layer(layer.name).set_weights(layer.get_weights())
     skips = [encoder.get_layer(name).output for name in MOBILENET_SKIPS]
     x = encoder.get_layer(MOBILENET_BOTTLENECK).output
+    if cfg.context:
+        x = _global_context(x)
     lean = cfg.head in ("lean", "lean-half")
     dynamic = cfg.aspect != "stretch"
     for i, (skip, filters) in enumerate(zip(reversed(skips), cfg.decoder_filters)):
@@ -223,6 +227,25 @@ def _mobilenet_unet(cfg: ModelConfig, inputs):
     x = _separable_conv(x, cfg.decoder_filters[-1], "head")
     x = layers.BatchNormalization(name="head_bn")(x)
     return layers.ReLU(name="head_relu")(x)
+
+
+def _global_context(x):
+    """Scale each bottleneck channel by a gate in (0, 2) computed from the channel means of the whole
+    photo (squeeze-and-excitation, Hu et al. 2018; MobileNetV3's LR-ASPP segmentation head gates the same
+    way): whether a cushion or a banner next to someone is part of them depends on the scene, which no
+    convolution sees whole. The gate's conv starts at zero, so a model fine-tuned into this (``--init``)
+    starts with every gate at exactly 1, as it was.
+    """
+    gate = layers.GlobalAveragePooling2D(keepdims=True, name="dec_context_pool")(x)
+    gate = layers.Conv2D(x.shape[-1], 1, kernel_initializer="zeros", name="dec_context")(gate)
+    gate = layers.Activation("sigmoid", name="dec_context_sigmoid")(gate)
+    gate = layers.Rescaling(2.0, name="dec_context_scale")(gate)
+    return layers.Multiply(name="dec_context_gate")([x, gate])
+
+
+def has_context(model: keras.Model) -> bool:
+    """Whether a built or loaded model has the global-context gate (``ModelConfig.context``)."""
+    return any(layer.name == "dec_context" for layer in model.layers)
 
 
 def _subpixel_head(x, rgb, filters: int, pointwise_first: bool = False):
@@ -300,6 +323,8 @@ def build_unet(cfg: ModelConfig) -> keras.Model:
     dynamic = cfg.aspect != "stretch"
     if dynamic and cfg.encoder != "mobilenetv2":
         raise ValueError("--aspect keep needs the mobilenetv2 encoder")
+    if cfg.context and cfg.encoder != "mobilenetv2":
+        raise ValueError("--context needs the mobilenetv2 encoder")
     if dynamic:
         inputs = keras.Input((None, None, 3), name="image")
         x = InputSize(cfg.size, cfg.aspect, name="input_size")(inputs)

@@ -93,6 +93,9 @@ class TrainConfig:
     # every training target (tfdata.with_teacher); "" = none.
     teacher: str = ""
     teacher_weight: float = 0.5
+    # MobileNetV2: the global-context gate at the bottleneck (model.ModelConfig.context); None: the --init
+    # model's, else off.
+    context: bool | None = None
 
     def model_config(self):
         from .model import ModelConfig
@@ -107,6 +110,7 @@ class TrainConfig:
             head="unet" if self.head == "auto" else self.head,
             bn_momentum=self.bn_momentum,
             aspect="stretch" if self.aspect == "auto" else self.aspect,
+            context=bool(self.context),
         )
 
 
@@ -523,11 +527,13 @@ def _warm_up(model, fresh: list[str], train_ds, cfg: TrainConfig, report: Report
 
 
 def _inherit_from_init(cfg: TrainConfig, init_model) -> TrainConfig:
-    """Fine-tuning keeps the --init model's head, input size and aspect handling, unless asked otherwise:
-    a user who fine-tunes the shipped model should get the shipped model's shape, not the defaults'."""
-    from .model import head_of, input_size
+    """Fine-tuning keeps the --init model's head, input size, aspect handling and context gate, unless asked
+    otherwise: a user who fine-tunes the shipped model should get the shipped model's shape, not the defaults'."""
+    from .model import has_context, head_of, input_size
 
     recorded = input_size(init_model)
+    if cfg.context is None:
+        cfg = replace(cfg, context=has_context(init_model))
     if cfg.head == "auto":
         cfg = replace(cfg, head=head_of(init_model))
     if cfg.size == 0:

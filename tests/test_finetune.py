@@ -304,6 +304,25 @@ def test_fine_tuning_keeps_the_init_models_head_unless_told(manifest_data: Path,
     assert (inherited.head, inherited.size, inherited.aspect) == ("subpixel", 32, "stretch")
 
 
+def test_context_gate_is_added_by_init_starting_where_the_model_was_and_kept_by_later_fine_tuning(tmp_path: Path):
+    """--context on a model without the gate: every layer carries over, the gate alone is new (the warm-up
+    fits it) and the model computes what the --init model did; fine-tuning a gated model keeps the gate
+    unless --no-context."""
+    from bgremove.model import ModelConfig, build_unet, has_context
+
+    source = tmp_path / "plain.keras"
+    build_unet(ModelConfig(size=32, encoder_weights="none", head="subpixel")).save(source)
+    init = load_runtime(source).model
+    assert _inherit_from_init(TrainConfig(data="-"), init).context is False
+    cfg = _inherit_from_init(TrainConfig(data="-", context=True, encoder_weights="none"), init)
+    model, fresh = _init_model(cfg, source)
+    assert has_context(model) and fresh == ["dec_context"]
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_array_equal(model.predict(x, verbose=0), init.predict(x, verbose=0))
+    assert _inherit_from_init(TrainConfig(data="-"), model).context is True
+    assert _inherit_from_init(TrainConfig(data="-", context=False), model).context is False
+
+
 def test_cli_rejects_bad_decoder_widths(tmp_path: Path):
     result = CliRunner().invoke(app, ["train", "--data", str(tmp_path), "--decoder-filters", "96,64,x"])
     assert result.exit_code == 2 and "--decoder-filters: expected five positive widths" in result.output

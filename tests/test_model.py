@@ -1,12 +1,16 @@
 """The U-Net builds, learns shapes right, and its LiteRT export computes what Keras computes."""
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
 
-from bgremove.model import ModelConfig, build_unet, calibration_inputs, export_tflite, head_of  # noqa: E402
+from bgremove.model import (  # noqa: E402
+    ModelConfig, build_unet, calibration_inputs, export_tflite, has_context, head_of,
+)
 from bgremove.pipeline import to_model_input  # noqa: E402
 from bgremove.runtime import KerasRuntime, LiteRTRuntime, ModelError, load_runtime  # noqa: E402
 
@@ -151,6 +155,34 @@ def test_subpixel_head_lays_each_cells_four_alphas_out_as_pixels(tmp_path, head)
     np.testing.assert_allclose(LiteRTRuntime(tmp_path / "f.tflite").predict(x), want, atol=1e-4)
     export_tflite(model, tmp_path / "q.tflite", x)
     np.testing.assert_allclose(LiteRTRuntime(tmp_path / "q.tflite").predict(x), want, atol=0.03)
+
+
+def test_context_gate_scales_the_bottleneck_by_the_whole_photo_and_starts_as_identity(tmp_path):
+    """--context: each bottleneck channel times 2 * sigmoid(conv(its mean over the photo)), for any input
+    size; with the gate's conv at zero (as built) the model computes exactly what it did without it."""
+    cfg = ModelConfig(encoder="mobilenetv2", size=64, encoder_weights="none", head="subpixel", aspect="keep")
+    plain, gated = build_unet(cfg), build_unet(replace(cfg, context=True))
+    assert (has_context(plain), has_context(gated)) == (False, True)
+    for layer in plain.layers:
+        if layer.weights:
+            gated.get_layer(layer.name).set_weights(layer.get_weights())
+    x = np.random.default_rng(0).uniform(0, 255, (2, 96, 64, 3)).astype("float32")
+    np.testing.assert_array_equal(gated.predict(x, verbose=0), plain.predict(x, verbose=0))
+    conv = gated.get_layer("dec_context")
+    rng = np.random.default_rng(1)
+    conv.set_weights([rng.normal(0, 0.3, w.shape).astype("float32") for w in conv.get_weights()])
+    probe = keras.Model(gated.input, [gated.get_layer("block_16_project").output,
+                                      gated.get_layer("dec_context_gate").output])
+    bottleneck, out = probe.predict(x, verbose=0)
+    kernel, bias = conv.get_weights()
+    gate = 2 / (1 + np.exp(-(bottleneck.mean(axis=(1, 2)) @ kernel[0, 0] + bias)))
+    np.testing.assert_allclose(out, bottleneck * gate[:, None, None, :], rtol=1e-4, atol=1e-4)
+    assert gate.std() > 0.05  # the gates differ by channel and photo
+    want = gated.predict(x[:1], verbose=0)[..., 0]
+    export_tflite(gated, tmp_path / "f.tflite")
+    np.testing.assert_allclose(LiteRTRuntime(tmp_path / "f.tflite").predict(x[:1]), want, atol=1e-4)
+    with pytest.raises(ValueError, match="--context needs the mobilenetv2 encoder"):
+        build_unet(ModelConfig(encoder="classic", size=32, context=True))
 
 
 @pytest.mark.parametrize("head, lean_levels", [("lean", ["dec0", "dec1", "dec2", "dec3"]), ("lean-half", ["dec3"])])
