@@ -14,8 +14,8 @@ What it measures
     * "model ms" is the time of the model call per photo: for our models the LiteRT call alone on the
       already resized input (bgremove.evaluation.remover_candidate), plus, where ``cut`` takes a closer
       look at small people (``--zoom``, on by default), the second call with its crop; for peers the
-      whole ``PEERS[name](rgb)`` call, which includes the peer's own resize in and out. "pipeline ms" is decode + model + resize +
-      render + PNG encode for every model, the fair end-to-end comparison.
+      whole ``PEERS[name](rgb)`` call, which includes the peer's own resize in and out. "pipeline ms" is
+      decode + model + resize + render + PNG encode for every model, the fair end-to-end comparison.
 
     Photos: the validation side of the group split (``--split val``, the default) -- either the split of a
     training run (``--run RUN_DIR`` reads its split.json) or, without --run, the same deterministic split
