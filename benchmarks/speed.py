@@ -36,6 +36,12 @@ f. Model time: our model alone through LiteRT (bgremove.runtime.load_runtime(pat
    (``PEERS[name](rgb)``, which also resizes in and out). Peers get the same thread count as our model
    (PEERS_NUM_THREADS).
 
+g. CPU per photo: in this process, photo by photo over the batch folder, the CPU time of each step of
+   cut's work on a photo (decode, model input, model with the closer look, alpha at the photo's size,
+   render, PNG encode; the model on one thread, as in a batch) and of the floor's (decode, opaque RGBA,
+   PNG encode). With the batch ratio of (c), the model cost at which the batch would reach 0.8 x floor:
+   both cores are busy throughout a batch, so its wall time follows the CPU it spends per photo.
+
 The cores busy with other work (over 1 s, at the start) and the load average are printed: figures taken
 while other work runs on the machine are not the ones to record.
 
@@ -59,6 +65,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -212,27 +219,38 @@ def build_memory_folder(data: Path, rows: list[dict], folder: Path, count: int) 
 # ------------------------------------------------------------------------------------------ (b) floor
 
 
-def io_floor(files: list[Path], out: Path, workers: int, level: int) -> float:
-    """Seconds to decode every file and write an opaque RGBA PNG of it, ``workers`` threads, no model."""
+def floor_photo(src: Path, level: int, lap: Callable[[str], None] = lambda step: None) -> bytes:
+    """What the floor does to one photo: decode it as open_photo does, make an opaque BGRA image, encode it
+    as PNG with the pipeline's settings. ``lap(step)`` is called at the end of each step (see Laps)."""
     import cv2
     import numpy as np
     from PIL import Image, ImageOps
 
     from bgremove.images import png_params
 
+    with open(src, "rb") as fh, Image.open(fh) as im:
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+    lap("decode")
+    bgra = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA)  # the cheapest opaque BGRA: one pass, alpha 255
+    lap("opaque RGBA")
+    ok, buf = cv2.imencode(".png", bgra, png_params(level))  # the pipeline's own encoder settings
+    if not ok:
+        raise BenchError(f"cannot encode {src}")
+    lap("PNG encode")
+    return buf.tobytes()
+
+
+def io_floor(files: list[Path], out: Path, workers: int, level: int) -> float:
+    """Seconds to decode every file and write an opaque RGBA PNG of it, ``workers`` threads, no model."""
+    from PIL import Image
+
     Image.MAX_IMAGE_PIXELS = None
     fresh(out)
 
     def one(src: Path) -> None:
-        with open(src, "rb") as fh, Image.open(fh) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
-        bgra = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA)  # the cheapest opaque BGRA: one pass, alpha 255
-        ok, buf = cv2.imencode(".png", bgra, png_params(level))  # the pipeline's own encoder settings
-        if not ok:
-            raise BenchError(f"cannot encode {src}")
-        (out / (src.stem + ".png")).write_bytes(buf.tobytes())
+        (out / (src.stem + ".png")).write_bytes(floor_photo(src, level))
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
@@ -268,6 +286,66 @@ def model_times(model: Path, photo: Path, threads: int | None, zoom: bool = True
         remover.predict_alphas([photo_])
         alphas.append(time.perf_counter() - t0)
     return median(calls) * 1000, median(alphas) * 1000, shape
+
+
+class Laps:
+    """CPU seconds of this thread, added up per step: ``lap(step)`` charges the time since the last lap."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+        self.start()
+
+    def start(self) -> None:
+        self.last = time.thread_time()
+
+    def __call__(self, step: str) -> None:
+        now = time.thread_time()
+        self.totals[step] = self.totals.get(step, 0.0) + now - self.last
+        self.last = now
+
+
+def cpu_per_photo(model: Path, files: list[Path], level: int, zoom: bool) -> tuple[dict[str, float], dict[str, float], int]:
+    """(g) Milliseconds of CPU per photo of each step of cut's work on a photo (in bgremove.batch.run's
+    order, the model on one thread as in a batch) and of the floor's, photo by photo in turn, so that a
+    slow moment of the machine weighs on both; and how many photos took the closer look."""
+    import numpy as np
+
+    from bgremove.images import encode, open_photo
+    from bgremove.pipeline import Remover
+
+    remover = Remover(model, threads=1, zoom=zoom)
+    for shape in remover.runtime.shapes:  # an entry point's first call sets it up: not part of a photo's cost
+        remover.runtime.predict(np.zeros((1, *shape, 3), np.float32))
+    cut, floor, zoomed = Laps(), Laps(), 0
+    for src in files:
+        cut.start()
+        photo = open_photo(src, remover.max_pixels)
+        cut("decode")
+        model_input = remover.model_input(photo)
+        cut("model input")
+        small = remover.predict_small([model_input])[0]
+        closer = remover.look_closer([photo], [small])[0]
+        cut("model")
+        alpha = remover.photo_alpha(photo, small, closer)
+        cut("alpha")
+        rendered = remover.finish(photo, alpha)
+        cut("render")
+        encode(rendered.pixels, "png", level)
+        cut("PNG encode")
+        zoomed += closer is not None
+        floor.start()
+        floor_photo(src, level, floor)
+    n = len(files)
+    return ({k: 1000 * v / n for k, v in cut.totals.items()}, {k: 1000 * v / n for k, v in floor.totals.items()},
+            zoomed)
+
+
+def model_budget(cut_ms: dict[str, float], ratio: float, target: float) -> float:
+    """The model's CPU per photo at which the batch would reach ``target`` x the floor, given the ratio
+    measured with the model's present cost: both cores are busy throughout a batch, so its wall time
+    follows the CPU it spends per photo (start-up and the threads' efficiency stay as measured)."""
+    total = sum(cut_ms.values())
+    return total * ratio / target - (total - cut_ms["model"])
 
 
 def peer_times(peers_dir: Path, names_spec: str, photo: Path, threads: int) -> dict[str, float]:
@@ -429,6 +507,22 @@ def main(argv=None) -> int:
             else:
                 for name, ms in peer_times(peers_dir, args.peers, small, threads).items():
                     rows.append([f"peer {name}: PEERS[name](rgb), 600x800 (median of 20)", f"{ms:.1f} ms", "-", "-"])
+
+        # (g)
+        log(f"(g) CPU per photo: cut's steps and the floor's, one thread, over the {n} photos")
+        cut_ms, floor_ms, zoomed = cpu_per_photo(model, files, args.png_compression, zoom=not args.no_zoom)
+        rows.append([f"CPU per photo, cut (1 model thread): {' / '.join(cut_ms)}",
+                     f"{' / '.join(f'{v:.1f}' for v in cut_ms.values())} = {sum(cut_ms.values()):.1f} ms "
+                     f"(closer look on {zoomed} of {n})", "-", "-"])
+        rows.append([f"CPU per photo, floor: {' / '.join(floor_ms)}",
+                     f"{' / '.join(f'{v:.1f}' for v in floor_ms.values())} = {sum(floor_ms.values()):.1f} ms", "-", "-"])
+        budget = model_budget(cut_ms, ratio, TARGETS["batch_ratio"])
+        share = f"{100 * (1 - budget / cut_ms['model']):.0f} % less" if budget < cut_ms["model"] else "met"
+        rows.append([f"model CPU per photo that would give {TARGETS['batch_ratio']} x floor",
+                     f"<= {budget:.1f} ms (now {cut_ms['model']:.1f}: {share})", "-", "-"])
+        figures["CPU per photo"] = (f"cut {sum(cut_ms.values()):.1f} ms, model {cut_ms['model']:.1f} of it; floor "
+                                    f"{sum(floor_ms.values()):.1f} ms; model budget for {TARGETS['batch_ratio']}x "
+                                    f"{budget:.1f} ms")
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -9,9 +9,13 @@ the default for the shipped model because it starts in milliseconds; TensorFlow 
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 import re
+import sys
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
@@ -81,6 +85,67 @@ def import_tensorflow():
     return tf
 
 
+@lru_cache(maxsize=1)
+def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU has AMX int8 tiles (Linux reports it in /proc/cpuinfo; elsewhere: assumed not)."""
+    try:
+        with cpuinfo.open() as lines:
+            for line in lines:
+                if line.startswith("flags"):  # the first core's; all cores have the same
+                    return "amx_int8" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+_AT_MINSIGSTKSZ = 51  # getauxval(): the signal stack that a frame with every register the CPU has needs
+_AMX_STATE = 8192 + 64  # bytes of AMX registers (tile data and tile config) in a signal frame
+_SS_ONSTACK = 1
+_xnnpack_set_up = False
+
+
+class _SignalStack(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextmanager
+def xnnpack_without_amx():
+    """Keep XNNPACK off the CPU's AMX tiles while it sets itself up, once per process.
+
+    Where the CPU has AMX (Intel Xeons since Sapphire Rapids), XNNPACK runs int8 convolutions on tiles 64
+    output channels wide, which this model's 8- to 96-channel layers mostly leave empty: the int8 model
+    took 1.2x the time of its float32 export there, and with AVX-512 VNNI instead 0.8x (see
+    benchmarks/README.md). XNNPACK uses AMX only if Linux lets the process have the tiles' registers
+    (arch_prctl ARCH_REQ_XCOMP_PERM), and Linux says no while a thread's alternate signal stack is too
+    small for a signal frame that holds them. So this thread gets such a stack, 4 KB short of that size
+    (still room for a frame without them), while the first interpreter is made, and then gets its own
+    back. Nothing else changes; a process that already uses AMX keeps it.
+    """
+    global _xnnpack_set_up
+    if _xnnpack_set_up or not (sys.platform == "linux" and platform.machine() == "x86_64" and cpu_has_amx()):
+        _xnnpack_set_up = True
+        yield
+        return
+    _xnnpack_set_up = True
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.getauxval.restype = ctypes.c_ulong
+    frame = libc.getauxval(_AT_MINSIGSTKSZ)
+    size = frame - 4096
+    if size < frame - _AMX_STATE + 2048:  # no room below the size AMX needs: leave it
+        yield
+        return
+    buffer = ctypes.create_string_buffer(size)
+    small, own = _SignalStack(ctypes.cast(buffer, ctypes.c_void_p), 0, size), _SignalStack()
+    if libc.sigaltstack(ctypes.byref(small), ctypes.byref(own)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        own.ss_flags &= ~_SS_ONSTACK
+        libc.sigaltstack(ctypes.byref(own), None)
+
+
 _delegate_announced = False
 
 
@@ -108,7 +173,8 @@ class LiteRTRuntime:
         self.path = path
         self.threads = threads or os.cpu_count() or 1
         try:
-            with quiet_stderr():  # LiteRT's C++ side announces its XNNPACK delegate on stderr
+            # LiteRT's C++ side announces its XNNPACK delegate on stderr.
+            with quiet_stderr(), xnnpack_without_amx():
                 self.interpreter = Interpreter(model_path=str(path), num_threads=self.threads)
                 _announce_delegate_quietly(self.interpreter)
                 keys = {}

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from bgremove import Remover
 from bgremove.batch import plan
 from bgremove.cli import app
-from bgremove.paths import DEFAULT_MODEL_NAME, FLOAT_MODEL_NAME, default_model_path, weights_dir
+from bgremove.paths import DEFAULT_MODEL_NAME, default_model_path, weights_dir
 
 from conftest import ROOT, synthetic_pair
 
@@ -273,49 +273,103 @@ def test_installed_package_cuts_with_its_shipped_model(tmp_path: Path):
     assert 0.05 < coverage < 0.95
 
 
-needs_twin = pytest.mark.skipif(not (weights_dir() / FLOAT_MODEL_NAME).is_file(), reason="no float32 twin in weights/")
-
-
-def test_the_shipped_models_float32_twin_is_chosen_on_cpus_with_amx(tmp_path: Path, monkeypatch):
-    from bgremove import paths
+def test_amx_is_read_from_the_cpu_flags(tmp_path: Path):
+    from bgremove.runtime import cpu_has_amx
 
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu sse avx512_vnni amx_bf16 amx_tile amx_int8\n\nprocessor\t: 1\n")
-    assert paths.cpu_has_amx.__wrapped__(info)
+    assert cpu_has_amx.__wrapped__(info)
     info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512_vnni amx_tile\n")  # tiles, but no int8
-    assert not paths.cpu_has_amx.__wrapped__(info)
-    assert not paths.cpu_has_amx.__wrapped__(tmp_path / "missing")  # macOS, Windows: int8
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    (weights / paths.DEFAULT_MODEL_NAME).touch()
-    monkeypatch.setattr(paths, "weights_dir", lambda: weights)
-    monkeypatch.setattr(paths, "cpu_has_amx", lambda: True)
-    assert paths.default_model_path().name == paths.DEFAULT_MODEL_NAME  # no twin shipped: int8 still
-    (weights / paths.FLOAT_MODEL_NAME).touch()
-    assert paths.default_model_path().name == paths.FLOAT_MODEL_NAME
-    monkeypatch.setattr(paths, "cpu_has_amx", lambda: False)
-    assert paths.default_model_path().name == paths.DEFAULT_MODEL_NAME
+    assert not cpu_has_amx.__wrapped__(info)
+    assert not cpu_has_amx.__wrapped__(tmp_path / "missing")  # macOS, Windows
 
 
-@needs_twin
-def test_the_shipped_int8_and_float32_models_agree():
-    """Whichever the CPU picks, a user gets the same cutout to within int8 rounding: where the model is
-    sure (alpha below 0.1 or above 0.9) the two keep and drop the same pixels; where it is unsure (the
-    cameraman's dark coat on dark grass) int8 rounding may tip a pixel either way."""
+# Run in a fresh process each: XNNPACK decides about AMX once per process, and a test process that had
+# asked for the tiles (a plain interpreter does) would keep them.
+_AMX_PROBE = """
+import ctypes, sys
+import numpy as np
+if sys.argv[1] == "bgremove":
+    from bgremove.runtime import load_runtime
+    runtime = load_runtime(threads=int(sys.argv[2]))
+    runtime.predict(np.zeros((1, *runtime.size, 3), np.float32))
+else:
+    from ai_edge_litert.interpreter import Interpreter
+    from bgremove.paths import default_model_path
+    interpreter = Interpreter(model_path=str(default_model_path()), num_threads=1)
+    runner = interpreter.get_signature_runner(next(iter(interpreter.get_signature_list())))
+    shape = next(iter(runner.get_input_details().values()))["shape"]
+    runner(image=np.zeros(shape, np.float32))
+permitted = ctypes.c_uint64()
+ctypes.CDLL(None).syscall(158, 0x1022, ctypes.byref(permitted))  # arch_prctl(ARCH_GET_XCOMP_PERM)
+print(bool(permitted.value >> 18 & 1))  # XFEATURE_XTILEDATA: the AMX tiles
+"""
+
+
+@pytest.mark.skipif(not (sys.platform == "linux" and platform.machine() == "x86_64"), reason="AMX: Linux on x86-64")
+def test_the_int8_model_runs_without_amx_tiles():
+    """XNNPACK pads this model's narrow int8 layers to AMX tiles 64 channels wide and runs them slower than
+    without (see runtime.xnnpack_without_amx): bgremove's interpreters must not get the tiles, a plain one
+    (the control: this CPU and kernel would give them) does."""
+    from bgremove.runtime import cpu_has_amx
+
+    if not cpu_has_amx():
+        pytest.skip("this CPU has no AMX int8 tiles")
+
+    def tiles(*args: str) -> bool:
+        out = subprocess.run([sys.executable, "-c", _AMX_PROBE, *args], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.split()[-1] == "True"
+
+    assert tiles("plain")
+    assert not tiles("bgremove", "1")
+    assert not tiles("bgremove", "2")  # XNNPACK's own threads too
+
+
+_STACK_PROBE = """
+import ctypes
+from bgremove import runtime
+
+runtime.cpu_has_amx = lambda: True  # lend the stack on any x86-64 Linux: only the lending is tested here
+libc = ctypes.CDLL(None, use_errno=True)
+mine = ctypes.create_string_buffer(64 * 1024)
+stack = runtime._SignalStack(ctypes.cast(mine, ctypes.c_void_p), 0, len(mine))
+assert libc.sigaltstack(ctypes.byref(stack), None) == 0
+inside, after, again = runtime._SignalStack(), runtime._SignalStack(), runtime._SignalStack()
+with runtime.xnnpack_without_amx():
+    libc.sigaltstack(None, ctypes.byref(inside))
+libc.sigaltstack(None, ctypes.byref(after))
+with runtime.xnnpack_without_amx():  # once per process: the second time lends nothing
+    libc.sigaltstack(None, ctypes.byref(again))
+print(inside.ss_sp == stack.ss_sp, inside.ss_size, after.ss_sp == stack.ss_sp, after.ss_size, after.ss_flags,
+      again.ss_sp == stack.ss_sp)
+"""
+
+
+@pytest.mark.skipif(not (sys.platform == "linux" and platform.machine() == "x86_64"), reason="Linux on x86-64 only")
+def test_the_signal_stack_is_given_back():
+    """xnnpack_without_amx lends the thread a smaller alternate signal stack only while the first
+    interpreter is made: afterwards the thread has exactly the one it had (here: one of its own, as
+    faulthandler sets). In a fresh process: one that already holds the AMX tiles (TensorFlow asks for
+    them) takes no stack that small, and keeps them."""
+    out = subprocess.run([sys.executable, "-c", _STACK_PROBE], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lent_same, lent_size, after_same, after_size, after_flags, again_same = out.stdout.split()
+    assert lent_same == "False" and 4096 < int(lent_size) < 64 * 1024  # lent while inside
+    assert (after_same, after_size, after_flags) == ("True", str(64 * 1024), "0")  # its own stack, back
+    assert again_same == "True"
+
+
+def test_the_shipped_int8_model_is_the_shipped_keras_model():
+    """bgremove.tflite must be re-exported whenever bgremove.keras changes. Where the model is sure (alpha
+    below 0.1 or above 0.9) the two keep and drop the same pixels; where it is unsure (the cameraman's
+    dark coat on dark grass) int8 rounding may tip a pixel either way; an old export would differ far more."""
+    pytest.importorskip("tensorflow")
     for example in sorted((ROOT / "examples").glob("*.jpg")):
         int8 = Remover(weights_dir() / DEFAULT_MODEL_NAME).alpha(example)
-        f32 = Remover(weights_dir() / FLOAT_MODEL_NAME).alpha(example)
+        f32 = Remover(weights_dir() / "bgremove.keras").alpha(example)
         sure = (int8 < 0.1) | (int8 > 0.9)
         assert sure.mean() > 0.85 and ((int8[sure] > 0.5) == (f32[sure] > 0.5)).mean() > 0.999, example.name
         assert np.abs(int8 - f32).mean() < 0.03, example.name
         both, either = ((int8 > 0.5) & (f32 > 0.5)).sum(), ((int8 > 0.5) | (f32 > 0.5)).sum()
         assert both / either > 0.9, example.name
-
-
-@needs_twin
-def test_the_float32_twin_is_the_shipped_keras_model():
-    """The twin must be re-exported whenever bgremove.keras changes; an old one would differ by far more."""
-    pytest.importorskip("tensorflow")
-    example = ROOT / "examples" / "astronaut.jpg"
-    keras_alpha = Remover(weights_dir() / "bgremove.keras").alpha(example)
-    np.testing.assert_allclose(Remover(weights_dir() / FLOAT_MODEL_NAME).alpha(example), keras_alpha, atol=2e-3)
