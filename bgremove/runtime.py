@@ -110,37 +110,36 @@ class _SignalStack(ctypes.Structure):
 
 @contextmanager
 def xnnpack_without_amx():
-    """Keep XNNPACK off the CPU's AMX tiles while it sets itself up, once per process.
+    """Keep XNNPACK off the CPU's AMX tiles while the process's first interpreter sets it up.
 
     Where the CPU has AMX (Intel Xeons since Sapphire Rapids), XNNPACK runs int8 convolutions on tiles 64
     output channels wide, which this model's 8- to 96-channel layers mostly leave empty: the int8 model
-    took 1.2x the time of its float32 export there, and with AVX-512 VNNI instead 0.8x (see
-    benchmarks/README.md). XNNPACK uses AMX only if Linux lets the process have the tiles' registers
-    (arch_prctl ARCH_REQ_XCOMP_PERM), and Linux says no while a thread's alternate signal stack is too
-    small for a signal frame that holds them. So this thread gets such a stack, 4 KB short of that size
-    (still room for a frame without them), while the first interpreter is made, and then gets its own
-    back. Nothing else changes; a process that already uses AMX keeps it.
+    took 1.2x the time of its float32 export there, and with AVX-512 VNNI instead about 0.85x (see
+    benchmarks/README.md). XNNPACK decides once per process, and uses AMX only if Linux lets the process
+    have the tiles' registers (arch_prctl ARCH_REQ_XCOMP_PERM); Linux says no while a thread's alternate
+    signal stack is too small for a signal frame that holds them. So this thread gets such a stack, 4 KB
+    short of that size, until an interpreter has been made, and then gets its own back. Nothing else
+    changes; a process that already uses AMX keeps it.
     """
     global _xnnpack_set_up
     if _xnnpack_set_up or not (sys.platform == "linux" and platform.machine() == "x86_64" and cpu_has_amx()):
-        _xnnpack_set_up = True
         yield
         return
-    _xnnpack_set_up = True
     libc = ctypes.CDLL(None, use_errno=True)
     libc.getauxval.restype = ctypes.c_ulong
     frame = libc.getauxval(_AT_MINSIGSTKSZ)
     size = frame - 4096
-    if size < frame - _AMX_STATE + 2048:  # no room below the size AMX needs: leave it
+    if size < frame - _AMX_STATE + 2048:  # a frame without the AMX registers, and a handler, must still fit
         yield
         return
     buffer = ctypes.create_string_buffer(size)
     small, own = _SignalStack(ctypes.cast(buffer, ctypes.c_void_p), 0, size), _SignalStack()
-    if libc.sigaltstack(ctypes.byref(small), ctypes.byref(own)) != 0:
+    if libc.sigaltstack(ctypes.byref(small), ctypes.byref(own)) != 0:  # e.g. the process already uses AMX
         yield
         return
     try:
         yield
+        _xnnpack_set_up = True  # not when the model failed to load: XNNPACK may not have started
     finally:
         own.ss_flags &= ~_SS_ONSTACK
         libc.sigaltstack(ctypes.byref(own), None)

@@ -290,7 +290,16 @@ _AMX_PROBE = """
 import ctypes, sys
 import numpy as np
 if sys.argv[1] == "bgremove":
-    from bgremove.runtime import load_runtime
+    from bgremove.runtime import ModelError, load_runtime
+    if sys.argv[3:] == ["after-a-bad-model"]:  # a model that fails to load must not use up the set-up
+        import tempfile
+        with tempfile.NamedTemporaryFile(suffix=".tflite") as bad:
+            bad.write(b"TFL3 not really a model")
+            bad.flush()
+            try:
+                load_runtime(bad.name)
+            except ModelError:
+                pass
     runtime = load_runtime(threads=int(sys.argv[2]))
     runtime.predict(np.zeros((1, *runtime.size, 3), np.float32))
 else:
@@ -324,6 +333,7 @@ def test_the_int8_model_runs_without_amx_tiles():
     assert tiles("plain")
     assert not tiles("bgremove", "1")
     assert not tiles("bgremove", "2")  # XNNPACK's own threads too
+    assert not tiles("bgremove", "1", "after-a-bad-model")
 
 
 _STACK_PROBE = """
