@@ -128,10 +128,10 @@ def xnnpack_without_amx():
     libc = ctypes.CDLL(None, use_errno=True)
     libc.getauxval.restype = ctypes.c_ulong
     frame = libc.getauxval(_AT_MINSIGSTKSZ)
-    size = frame - 4096
-    if size < frame - _AMX_STATE + 2048:  # a frame without the AMX registers, and a handler, must still fit
+    if frame < _AMX_STATE + 2048:  # the kernel's signal frame holds no AMX registers (or it does not say)
         yield
         return
+    size = frame - 4096  # too small with the AMX registers, room to spare without them
     buffer = ctypes.create_string_buffer(size)
     small, own = _SignalStack(ctypes.cast(buffer, ctypes.c_void_p), 0, size), _SignalStack()
     if libc.sigaltstack(ctypes.byref(small), ctypes.byref(own)) != 0:  # e.g. the process already uses AMX
