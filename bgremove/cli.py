@@ -36,6 +36,19 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _quiet_ctrl_c_in_finalizers() -> None:
+    """Ctrl-C stops training at the next step (training.train saves and exports), but one that lands while
+    TensorFlow runs a finalizer (a weakref callback) cannot interrupt it: Python would print it as an
+    ignored exception, with a traceback. Those are dropped; every other ignored exception is printed."""
+    printed = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            printed(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def _need_tensorflow(command: str) -> None:
     import importlib.util
 
@@ -156,6 +169,7 @@ def train(
         quantize=quantize, aspect=aspect, freeze_bn=freeze_bn, teacher=str(teacher or ""),
         teacher_weight=teacher_weight, context=context,
     )
+    _quiet_ctrl_c_in_finalizers()
     try:
         result = run_training(cfg, report=lambda line: out.print(line, highlight=False), resume=resume is not None,
                               live_bar=sys.stdout.isatty())

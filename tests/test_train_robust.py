@@ -96,3 +96,25 @@ def test_ctrl_c_saves_a_checkpoint_and_a_usable_model(tmp_path: Path):
     assert proc.returncode == 130, output
     assert "interrupted after" in output and "--resume" in output and "Traceback" not in output
     assert (run / "model.tflite").is_file() and (run / "checkpoints" / "last.keras").is_file()
+
+
+def test_ctrl_c_inside_a_finalizer_prints_no_traceback(monkeypatch, capsys):
+    """A Ctrl-C that lands while TensorFlow runs a finalizer cannot interrupt it, and Python prints it as an
+    ignored exception with a traceback (seen once in the test above): `train` drops those, not others."""
+    from bgremove import cli
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)  # pytest's own, put back afterwards
+    cli._quiet_ctrl_c_in_finalizers()
+
+    class Finalized:
+        def __init__(self, exc: BaseException):
+            self.exc = exc
+
+        def __del__(self):
+            raise self.exc
+
+    Finalized(KeyboardInterrupt())  # freed at once: what __del__ raises goes to sys.unraisablehook
+    Finalized(ValueError("a real problem"))
+    err = capsys.readouterr().err
+    assert "KeyboardInterrupt" not in err
+    assert "Exception ignored" in err and "ValueError: a real problem" in err
