@@ -315,7 +315,6 @@ print(bool(permitted.value >> 18 & 1))  # XFEATURE_XTILEDATA: the AMX tiles
 """
 
 
-@pytest.mark.skipif(not (sys.platform == "linux" and platform.machine() == "x86_64"), reason="AMX: Linux on x86-64")
 def test_the_int8_model_runs_without_amx_tiles():
     """XNNPACK pads this model's narrow int8 layers to AMX tiles 64 channels wide and runs them slower than
     without (see runtime.xnnpack_without_amx): bgremove's interpreters must not get the tiles, a plain one
@@ -355,7 +354,6 @@ print(inside.ss_sp == stack.ss_sp, inside.ss_size, after.ss_sp == stack.ss_sp, a
 """
 
 
-@pytest.mark.skipif(not (sys.platform == "linux" and platform.machine() == "x86_64"), reason="AMX: Linux on x86-64")
 def test_the_signal_stack_is_given_back():
     """xnnpack_without_amx lends the thread a smaller alternate signal stack only while the first
     interpreter is made: afterwards the thread has exactly the one it had (here: one of its own, as
